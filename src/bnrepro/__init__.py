@@ -1,0 +1,1 @@
+"""bnrepro: reproduce Ioffe & Szegedy (2015), Batch Normalization, as tracked experiments."""

@@ -1,0 +1,185 @@
+"""Typed schemas for every config group, registered with Hydra, and start-up validation.
+
+Each YAML option under ``conf/<group>/`` extends the schema registered here for its group, so an
+unknown key or a value of the wrong type fails while Hydra composes the config, before anything
+runs. `validate` then checks ranges and cross-group rules that types cannot express; it raises
+`ConfigError` with one line that names the key and the fix.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+# --- model -------------------------------------------------------------------------------------
+@dataclass
+class MLPNet:
+    _target_: str = "bnrepro.models.mlp.MLP"  # num_classes comes from the data module
+    in_features: int = 784
+    widths: list[int] = field(default_factory=lambda: [100, 100, 100])
+    norm: str = "${norm.kind}"
+    activation: str = "sigmoid"
+    dropout: float = "${reg.dropout}"  # type: ignore[assignment]
+    init_std: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    base_lr: float = MISSING  # the learning rate that optim=baseline uses; lr_x5 / lr_x30 multiply it
+    net: Any = MISSING
+
+
+@dataclass
+class MLPModel(ModelConfig):
+    net: MLPNet = field(default_factory=MLPNet)
+
+
+# --- norm, optim, reg --------------------------------------------------------------------------
+@dataclass
+class NormConfig:
+    kind: str = MISSING  # "bn" | "none"
+    sync: bool = False  # synchronize BN statistics across DDP ranks
+
+
+@dataclass
+class OptimConfig:
+    lr_multiplier: float = 1.0
+    lr: float = "${mul:${model.base_lr},${optim.lr_multiplier}}"  # type: ignore[assignment]
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    decay_rate: float = 1.0
+    decay_every_steps: int = 0  # 0: constant learning rate
+
+
+@dataclass
+class RegConfig:
+    dropout: float = 0.0
+
+
+# --- data --------------------------------------------------------------------------------------
+@dataclass
+class InMemoryData:
+    _target_: str = MISSING
+    batch_size: int = 60  # per device
+    eval_batch_size: int = 2000
+    steps_per_batch: int = 10  # optimizer steps per Trainer batch (amortizes the Trainer's overhead)
+    binarize: bool = False
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class MNISTData(InMemoryData):
+    _target_: str = "bnrepro.data.mnist.MNISTDataModule"
+    data_dir: str = "data"
+    download: bool = True
+
+
+@dataclass
+class MNISTMiniData(InMemoryData):
+    _target_: str = "bnrepro.data.mnist.MNISTMiniDataModule"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+
+# --- trainer, logger ---------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 50_000
+    eval_every_n_steps: int = 500
+    log_every_n_steps: int = 100
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = MISSING  # "mlflow" | "none"
+    tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default: sqlite under outputs/
+    experiment_name: str = "bnrepro"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    sweep_name: Optional[str] = None  # names a multirun's parent run (set by the files in sweeps/)
+    model: ModelConfig = MISSING
+    norm: NormConfig = MISSING
+    optim: OptimConfig = MISSING
+    reg: RegConfig = MISSING
+    data: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "model": {"mlp": MLPModel},
+    "norm": {"norm": NormConfig},
+    "optim": {"optim": OptimConfig},
+    "reg": {"reg": RegConfig},
+    "data": {"mnist": MNISTData, "mnist_mini": MNISTMiniData},
+    "trainer": {"trainer": TrainerConfig},
+    "logger": {"logger": LoggerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schemas as `schema/<group>/<name>`; YAML options extend them in their defaults list."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+
+
+# --- ranges and cross-group rules --------------------------------------------------------------
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that compose but cannot run, before any data is loaded."""
+    _require(cfg.model.base_lr > 0, f"model.base_lr must be > 0, got {cfg.model.base_lr}")
+    _require(cfg.optim.lr_multiplier > 0, f"optim.lr_multiplier must be > 0, got {cfg.optim.lr_multiplier}")
+    _require(0 <= cfg.optim.momentum < 1, f"optim.momentum must be in [0, 1), got {cfg.optim.momentum}")
+    _require(cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    _require(0 < cfg.optim.decay_rate <= 1, f"optim.decay_rate must be in (0, 1], got {cfg.optim.decay_rate}")
+    _require(cfg.optim.decay_every_steps >= 0, "optim.decay_every_steps must be >= 0 (0 = constant lr)")
+    _require(0 <= cfg.reg.dropout < 1, f"reg.dropout must be in [0, 1), got {cfg.reg.dropout}")
+    _require(cfg.norm.kind in ("bn", "none"), f"norm.kind must be 'bn' or 'none', got {cfg.norm.kind!r}")
+    _require(cfg.logger.kind in ("mlflow", "none"), f"logger.kind must be 'mlflow' or 'none', got {cfg.logger.kind!r}")
+    _validate_schedule(cfg)
+    _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    _require(
+        cfg.norm.kind != "bn" or cfg.data.batch_size > 1,
+        "data.batch_size=1 cannot train with norm=bn: batch statistics need at least 2 examples "
+        "(Sec. 3.1); use a larger batch or norm=none",
+    )
+
+
+def _validate_schedule(cfg: DictConfig) -> None:
+    trainer, chunk = cfg.trainer, cfg.data.get("steps_per_batch", 1)
+    _require(trainer.max_steps > 0, f"trainer.max_steps must be > 0, got {trainer.max_steps}")
+    _require(chunk >= 1, f"data.steps_per_batch must be >= 1, got {chunk}")
+    for key in ("eval_every_n_steps", "log_every_n_steps"):
+        value = trainer[key]
+        _require(
+            value > 0 and value % chunk == 0,
+            f"trainer.{key}={value} must be a positive multiple of data.steps_per_batch={chunk} "
+            "so evaluation and logging land on exact optimizer steps",
+        )

@@ -1,0 +1,1 @@
+"""Networks of the paper: plain torch.nn.Modules that know nothing of Hydra, Lightning or MLflow."""

@@ -1,0 +1,1 @@
+"""Reading tracked runs back from MLflow and turning them into the paper's tables and figures."""

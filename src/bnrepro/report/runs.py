@@ -1,0 +1,91 @@
+"""Runs of a sweep, read back from MLflow as plain records (the only place that reads the store)."""
+
+from dataclasses import dataclass, field
+
+from bnrepro.tracking import GROUPS, ROLE_TAG, SWEEP_ID_TAG, SWEEP_NAME_TAG, tracking_uri
+
+
+class SweepNotFound(LookupError):
+    """No sweep with that name, id or parent run id is in the store."""
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+
+    @property
+    def seed(self) -> str:
+        return self.tags.get("seed", "")
+
+    @property
+    def configuration(self) -> str:
+        """The run's group choices that vary in a sweep, seed excluded: runs that differ only by seed share it."""
+        return self.name if not self.tags else _configuration_label(self.tags)
+
+    def final(self, metric: str) -> float | None:
+        points = self.history.get(metric)
+        return points[-1][1] if points else None
+
+    def best(self, metric: str) -> float | None:
+        points = self.history.get(metric)
+        return max(value for _, value in points) if points else None
+
+
+def _configuration_label(tags: dict[str, str]) -> str:
+    return " ".join(f"{group}={tags[group]}" for group in ("model", "norm", "optim", "reg") if group in tags)
+
+
+@dataclass
+class Sweep:
+    parent_run_id: str
+    name: str
+    sweep_id: str
+    runs: list[RunRecord]
+
+
+def load_sweep(sweep: str, metrics: tuple[str, ...] = ("val/acc",), uri: str | None = None) -> Sweep:
+    """The latest sweep whose name, id or parent run id is `sweep`, with its job runs and metric histories."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    parent = _find_parent(client, sweep)
+    sweep_id = parent.data.tags[SWEEP_ID_TAG]
+    jobs = _search(client, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'job'")
+    records = [_record(client, run, metrics) for run in sorted(jobs, key=lambda r: r.info.start_time)]
+    return Sweep(parent.info.run_id, parent.data.tags.get(SWEEP_NAME_TAG, sweep_id), sweep_id, records)
+
+
+def _find_parent(client, sweep: str):
+    for key in (SWEEP_NAME_TAG, SWEEP_ID_TAG):
+        found = _search(client, f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{key}` = '{sweep}'")
+        if found:
+            return max(found, key=lambda run: run.info.start_time)
+    parents = [run for run in _search(client, f"tags.`{ROLE_TAG}` = 'sweep'") if run.info.run_id == sweep]
+    if parents:
+        return parents[0]
+    known = sorted({run.data.tags.get(SWEEP_NAME_TAG, "?") for run in _search(client, f"tags.`{ROLE_TAG}` = 'sweep'")})
+    raise SweepNotFound(
+        f"no sweep named {sweep!r} in {client.tracking_uri}; known sweeps: {', '.join(known) or 'none'} "
+        "(run one with `python train.py -m ...` or `make reproduce-mnist`)"
+    )
+
+
+def _search(client, filter_string: str) -> list:
+    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiment_ids:
+        return []
+    return client.search_runs(experiment_ids, filter_string=filter_string, max_results=50_000)
+
+
+def _record(client, run, metrics: tuple[str, ...]) -> RunRecord:
+    history = {
+        metric: [(point.step, point.value) for point in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda p: p.step)]
+        for metric in metrics
+    }
+    tags = {key: value for key, value in run.data.tags.items() if key in GROUPS or key.startswith("bnrepro.") or key == "seed"}
+    return RunRecord(run.info.run_id, run.info.run_name, run.info.status, tags, dict(run.data.params), history)

@@ -1,0 +1,18 @@
+"""Train one configuration, or sweep many with -m: `python train.py -m norm=bn,none optim=lr_x5,lr_x30`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from bnrepro.config import register_configs
+from bnrepro.run import main
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def train(cfg: DictConfig) -> dict[str, float]:
+    return main(cfg)
+
+
+if __name__ == "__main__":
+    train()
