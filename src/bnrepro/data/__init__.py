@@ -1,0 +1,1 @@
+"""Data modules: LightningDataModules that know nothing of Hydra or MLflow."""

