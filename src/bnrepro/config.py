@@ -6,6 +6,7 @@ runs. `validate` then checks ranges and cross-group rules that types cannot expr
 `ConfigError` with one line that names the key and the fix.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -122,6 +123,8 @@ class TrainConfig:
     data: Any = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
+    # Lightning callbacks by name, each a `_target_` node (null disables one): conf/callbacks/.
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -154,6 +157,7 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Reject values that compose but cannot run, before any data is loaded."""
+    _reject_unknown_keys(cfg)
     _require(cfg.model.base_lr > 0, f"model.base_lr must be > 0, got {cfg.model.base_lr}")
     _require(cfg.optim.lr_multiplier > 0, f"optim.lr_multiplier must be > 0, got {cfg.optim.lr_multiplier}")
     _require(0 <= cfg.optim.momentum < 1, f"optim.momentum must be in [0, 1), got {cfg.optim.momentum}")
@@ -170,6 +174,23 @@ def validate(cfg: DictConfig) -> None:
         "data.batch_size=1 cannot train with norm=bn: batch statistics need at least 2 examples "
         "(Sec. 3.1); use a larger batch or norm=none",
     )
+
+
+def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
+    """Keys appended with `+key=value` bypass Hydra's struct check; every schema-typed node is checked here."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = {f.name for f in dataclasses.fields(schema)}
+        unknown = sorted(set(node.keys()) - known)
+        _require(
+            not unknown,
+            f"unknown key {path}{unknown[0] if unknown else ''} (not in {schema.__name__}; "
+            f"known keys: {', '.join(sorted(known - {'_target_'}))})",
+        )
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_unknown_keys(child, f"{path}{key}.")
 
 
 def _validate_schedule(cfg: DictConfig) -> None:

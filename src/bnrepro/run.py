@@ -39,7 +39,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     with open_run(cfg, job) as run:
         net = instantiate(cfg.model.net, num_classes=datamodule.num_classes)
         module = Classifier(net, recipe(cfg.optim), datamodule.num_classes)
-        trainer = build_trainer(cfg, run.logger, datamodule.steps_per_batch, job.output_dir)
+        callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+        trainer = build_trainer(cfg, run.logger, callbacks, datamodule.steps_per_batch, job.output_dir)
         run.log_params(
             {
                 "global_batch_size": cfg.data.batch_size * trainer.world_size,
@@ -65,7 +66,7 @@ def recipe(optim: DictConfig) -> SGDRecipe:
     )
 
 
-def build_trainer(cfg: DictConfig, logger, steps_per_batch: int, output_dir: str) -> L.Trainer:
+def build_trainer(cfg: DictConfig, logger, callbacks: list, steps_per_batch: int, output_dir: str) -> L.Trainer:
     """A Trainer whose intervals are counted in optimizer steps, whatever the chunk size."""
     t = cfg.trainer
     return L.Trainer(
@@ -84,7 +85,7 @@ def build_trainer(cfg: DictConfig, logger, steps_per_batch: int, output_dir: str
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=t.enable_progress_bar,
-        callbacks=[TQDMProgressBar(refresh_rate=max(1, 500 // steps_per_batch))] if t.enable_progress_bar else [],
+        callbacks=[*callbacks, *([TQDMProgressBar(refresh_rate=max(1, 500 // steps_per_batch))] if t.enable_progress_bar else [])],
         deterministic=t.deterministic,
         default_root_dir=output_dir or None,
     )

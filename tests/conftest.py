@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated MLflow store per test, composed configs, and train.py subprocesses."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from bnrepro.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+QUICK = ["trainer.enable_progress_bar=false", "trainer.eval_every_n_steps=10", "trainer.log_every_n_steps=10"]
+
+# Tiny models on a 2-core machine: one intra-op thread avoids oversubscription when tests run beside other work.
+torch.set_num_threads(1)
+register_configs()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store for this test, selected the way users do: MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def compose_config(*overrides: str):
+    """The config `python train.py <overrides>` would run, composed with Hydra's compose API."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run train.py in a subprocess with its outputs under tmp_path; the caller's env (store) is inherited."""
+    dirs = [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+    command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides, *dirs]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
