@@ -28,10 +28,10 @@ def store(tmp_path, monkeypatch) -> str:
     return uri
 
 
-def compose_config(*overrides: str):
+def compose_config(*overrides: str, return_hydra_config: bool = False):
     """The config `python train.py <overrides>` would run, composed with Hydra's compose API."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:

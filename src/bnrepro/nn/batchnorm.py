@@ -18,3 +18,9 @@ def batch_norm(num_features: int, spatial: bool) -> nn.Module:
 def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def batchnorm_classes(module: nn.Module) -> str:
+    """The BN implementations inside `module` ("none" without BN): shows whether BN was synchronized."""
+    names = {type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return ",".join(sorted(names)) or "none"
