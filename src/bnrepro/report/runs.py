@@ -1,8 +1,9 @@
 """Runs of a sweep, read back from MLflow as plain records (the only place that reads the store)."""
 
+import re
 from dataclasses import dataclass, field
 
-from bnrepro.tracking import GROUPS, ROLE_TAG, SWEEP_ID_TAG, SWEEP_NAME_TAG, tracking_uri
+from bnrepro.tracking import GROUPS, OUTCOME_TAG, ROLE_TAG, SWEEP_ID_TAG, SWEEP_NAME_TAG, tracking_uri
 
 
 class SweepNotFound(LookupError):
@@ -23,9 +24,9 @@ class RunRecord:
         return self.tags.get("seed", "")
 
     @property
-    def configuration(self) -> str:
-        """The run's group choices that vary in a sweep, seed excluded: runs that differ only by seed share it."""
-        return self.name if not self.tags else _configuration_label(self.tags)
+    def outcome(self) -> str:
+        """The run's status as a result: "diverged" (a finding, not a crash) or its MLflow status."""
+        return "diverged" if self.tags.get(OUTCOME_TAG) == "diverged" else self.status
 
     def final(self, metric: str) -> float | None:
         points = self.history.get(metric)
@@ -36,10 +37,6 @@ class RunRecord:
         return max(value for _, value in points) if points else None
 
 
-def _configuration_label(tags: dict[str, str]) -> str:
-    return " ".join(f"{group}={tags[group]}" for group in ("model", "norm", "optim", "reg") if group in tags)
-
-
 @dataclass
 class Sweep:
     parent_run_id: str
@@ -48,15 +45,21 @@ class Sweep:
     runs: list[RunRecord]
 
 
-def load_sweep(sweep: str, metrics: tuple[str, ...] = ("val/acc",), uri: str | None = None) -> Sweep:
-    """The latest sweep whose name, id or parent run id is `sweep`, with its job runs and metric histories."""
+def load_sweep(
+    sweep: str, metrics: tuple[str, ...] = ("val/acc",), uri: str | None = None, prefixes: tuple[str, ...] = ()
+) -> Sweep:
+    """The latest sweep whose name, id or parent run id is `sweep`, with its job runs and metric histories.
+
+    Histories are read for `metrics` and for every metric a run logged whose key starts with one
+    of `prefixes` (e.g. "diag/" for the covariate-shift diagnostics).
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(uri))
     parent = _find_parent(client, sweep)
     sweep_id = parent.data.tags[SWEEP_ID_TAG]
     jobs = _search(client, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'job'")
-    records = [_record(client, run, metrics) for run in sorted(jobs, key=lambda r: r.info.start_time)]
+    records = [_record(client, run, metrics, prefixes) for run in sorted(jobs, key=lambda r: r.info.start_time)]
     return Sweep(parent.info.run_id, parent.data.tags.get(SWEEP_NAME_TAG, sweep_id), sweep_id, records)
 
 
@@ -82,10 +85,40 @@ def _search(client, filter_string: str) -> list:
     return client.search_runs(experiment_ids, filter_string=filter_string, max_results=50_000)
 
 
-def _record(client, run, metrics: tuple[str, ...]) -> RunRecord:
+def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> RunRecord:
+    prefixed = sorted(key for key in run.data.metrics if prefixes and key.startswith(prefixes))
     history = {
         metric: [(point.step, point.value) for point in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda p: p.step)]
-        for metric in metrics
+        for metric in dict.fromkeys([*metrics, *prefixed])
     }
     tags = {key: value for key, value in run.data.tags.items() if key in GROUPS or key.startswith("bnrepro.") or key == "seed"}
     return RunRecord(run.info.run_id, run.info.run_name, run.info.status, tags, dict(run.data.params), history)
+
+
+# --- configurations: runs that differ only by seed ---------------------------------------------
+_OVERRIDE_ITEM = re.compile(r",(?=[+~]*[\w./@-]+=)")  # the "," that starts the next `key=value` of a run name
+
+
+def configuration_of(run: RunRecord) -> dict[str, str]:
+    """What identifies the run's configuration, seed excluded: its group choices (tags) and the other
+    command-line overrides of its job (the run name is Hydra's `override_dirname`, `k=v,k=v`)."""
+    configuration = {group: run.tags[group] for group in GROUPS if group in run.tags}
+    for item in _OVERRIDE_ITEM.split(run.name or ""):
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+~")
+        if sep and key != "seed" and key not in configuration:
+            configuration[key] = value
+    return configuration
+
+
+def group_by_configuration(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs grouped by configuration (seeds pooled), labelled by what varies between the groups,
+    e.g. {"norm=bn": [...], "norm=none": [...]}, in order of first appearance."""
+    configurations = [configuration_of(run) for run in runs]
+    keys = dict.fromkeys(key for configuration in configurations for key in configuration)
+    varying = [key for key in keys if len({configuration.get(key) for configuration in configurations}) > 1]
+    groups: dict[str, list[RunRecord]] = {}
+    for run, configuration in zip(runs, configurations):
+        label = ",".join(f"{key}={configuration.get(key, '-')}" for key in varying)
+        groups.setdefault(label or configuration.get("experiment", "all runs"), []).append(run)
+    return groups

@@ -2,20 +2,20 @@
 
 import sys
 
-from bnrepro.report.runs import SweepNotFound, Sweep, load_sweep
+from bnrepro.report.runs import Sweep, SweepNotFound, group_by_configuration, load_sweep
 
 
 def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
-    header = f"{'configuration':<50} {'seed':>4} {'status':<9} {'steps':>6} {'final ' + metric:>14} {'max ' + metric:>12}"
+    header = f"{'configuration':<50} {'seed':>4} {'outcome':<9} {'steps':>6} {'final ' + metric:>14} {'max ' + metric:>12}"
     lines = [f"sweep {sweep.name} (parent run {sweep.parent_run_id})", header, "-" * len(header)]
-    for run in sorted(sweep.runs, key=lambda r: (r.configuration, r.seed)):
-        points = run.history.get(metric, [])
-        steps = points[-1][0] if points else 0
-        final, best = run.final(metric), run.best(metric)
-        lines.append(
-            f"{run.configuration:<50} {run.seed:>4} {run.status:<9} {steps:>6} "
-            f"{_percent(final):>14} {_percent(best):>12}"
-        )
+    for configuration, runs in group_by_configuration(sweep.runs).items():
+        for run in sorted(runs, key=lambda r: r.seed):
+            points = run.history.get(metric, [])
+            steps = points[-1][0] if points else 0
+            lines.append(
+                f"{configuration:<50} {run.seed:>4} {run.outcome:<9} {steps:>6} "
+                f"{_percent(run.final(metric)):>14} {_percent(run.best(metric)):>12}"
+            )
     return "\n".join(lines)
 
 

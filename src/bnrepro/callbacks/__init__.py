@@ -1,0 +1,1 @@
+"""Lightning callbacks that every run can use (configured under conf/callbacks/)."""

@@ -1,0 +1,117 @@
+"""`python -m bnrepro.report SWEEP`: the paper's Figure 1, the comparison table and every claim's verdict.
+
+Reads the sweep's runs back from MLflow (SWEEP: a sweep name, sweep id or parent run id; the
+latest sweep of that name wins) and writes, under outputs/reports/<sweep name>/:
+
+* fig1a.png             test accuracy vs steps, mean over seeds with a min-max band (Fig. 1a)
+* fig1b.png, fig1c.png  {15,50,85}th percentiles of a typical last-hidden-layer unit without / with BN
+* report.md             data, steps and seeds; the comparison table; the claims and their verdicts
+* claims.json           the same verdicts, machine-readable
+
+then uploads that folder as artifacts (``report/``) of the sweep's parent run. Exit code 2 with
+one line on stderr for an unknown sweep or a malformed claims file.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bnrepro.report.claims import CLAIMS_FILE, ClaimsFileError, Registry, Result, evaluate, load_claims, unusable_reason
+from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_unit
+from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep
+from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
+
+REPORTS_DIR = Path("outputs/reports")
+
+
+def write_report(
+    sweep_ref: str,
+    out_dir: Path | None = None,
+    claims_file: Path | str = CLAIMS_FILE,
+    uri: str | None = None,
+    upload: bool = True,
+) -> Path:
+    """Build the report of one sweep into `out_dir` (default outputs/reports/<sweep name>) and upload it."""
+    registry = load_claims(claims_file)  # a malformed registry fails before the store is read
+    sweep = load_sweep(sweep_ref, metrics=(ACCURACY, "val/loss"), uri=uri, prefixes=("diag/",))
+    out_dir = Path(out_dir) if out_dir is not None else REPORTS_DIR / _safe_name(sweep.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluate(registry, sweep.runs)
+    groups = group_by_configuration(sweep.runs)
+    about = provenance(sweep)
+    title = f"sweep {sweep.name}: data {about['data']} (binarize={about['binarize']}), {about['max_steps']} steps, seeds {about['seeds']}"
+    figures, notes = {}, []
+    if sweep.runs:
+        accuracy_figure(groups, out_dir / "fig1a.png", title)
+        figures["fig1a"] = "fig1a.png"
+    figures_bc, note = distribution_figures(groups, out_dir, about)
+    figures.update(figures_bc)
+    notes += [note] if note else []
+    target, rule = table_target(registry, results, groups)
+    rows = comparison_rows(groups, target, registry.published)
+    (out_dir / "report.md").write_text(report_markdown(sweep, rows, target, rule, results, figures, notes))
+    (out_dir / "claims.json").write_text(json.dumps(claims_document(sweep, registry, results, claims_file), indent=2) + "\n")
+    if upload:
+        from bnrepro.tracking import log_report  # writing to MLflow happens in tracking.py only
+
+        log_report(sweep.parent_run_id, out_dir, uri=uri)
+    return out_dir
+
+
+def distribution_figures(groups: dict[str, list[RunRecord]], out_dir: Path, about: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """Fig. 1(b) and 1(c): the lowest seed's typical unit, in the first configuration without and with BN."""
+    panels, names = [], []
+    for norm, name, caption in (("none", "fig1b", "(b) without BN"), ("bn", "fig1c", "(c) with BN")):
+        run = _first_run_with_diagnostics([run for label, runs in groups.items() for run in runs if run.tags.get("norm") == norm])
+        if run is None:
+            return {}, f"Figure 1(b, c) not drawn: the sweep has no usable run with norm={norm} that logged diag/ metrics."
+        unit = typical_unit(run)
+        panels.append((run, unit, f"{caption}: unit {unit}, seed {run.seed}\n{about['data']}, {about['max_steps']} steps"))
+        names.append(name)
+    percentile_figures(panels, [out_dir / f"{name}.png" for name in names])
+    return {name: f"{name}.png" for name in names}, None
+
+
+def _first_run_with_diagnostics(runs: list[RunRecord]) -> RunRecord | None:
+    usable = [run for run in runs if unusable_reason(run) is None and typical_unit(run) is not None]
+    return min(usable, key=lambda run: (len(run.seed), run.seed), default=None)
+
+
+def claims_document(sweep: Sweep, registry: Registry, results: list[Result], claims_file: Path | str) -> dict:
+    return {
+        "sweep": sweep.name,
+        "sweep_id": sweep.sweep_id,
+        "parent_run_id": sweep.parent_run_id,
+        "claims_file": str(claims_file),
+        "provenance": provenance(sweep),
+        "verdicts": {result.claim.id: result.verdict.value for result in results},
+        "claims": [result.to_dict() for result in results],
+    }
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "sweep"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bnrepro.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="a sweep name (e.g. mnist_fig1), sweep id or parent run id")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/reports/<sweep name>)")
+    parser.add_argument("--claims", default=str(CLAIMS_FILE), help="claims registry (default: the package's claims.yaml)")
+    parser.add_argument("--no-upload", action="store_true", help="do not log the report to the sweep's parent run")
+    args = parser.parse_args(argv)
+    try:
+        out_dir = write_report(args.sweep, args.out, args.claims, upload=not args.no_upload)
+    except (SweepNotFound, ClaimsFileError) as error:
+        print(f"bnrepro: error: {error}", file=sys.stderr)
+        return 2
+    verdicts = json.loads((out_dir / "claims.json").read_text())["verdicts"]
+    print(f"report written to {out_dir}/ (report.md, claims.json, figures)")
+    for claim_id, verdict in verdicts.items():
+        print(f"  {verdict:<13} {claim_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""report.md: what produced the runs, the comparison table, the figures and every claim's verdict.
+
+The comparison table has one row per configuration (seeds pooled): steps to reach a target test
+accuracy, max and final test accuracy, each as mean +- standard deviation over seeds with the
+seed range, and the paper's published number beside ours where the registry has one.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bnrepro.report.claims import Aggregate, Published, Registry, Result, matches, steps_to_reach, unusable_reason
+from bnrepro.report.runs import RunRecord, Sweep
+
+ACCURACY = "val/acc"
+DEFAULT_TARGET_FRACTION = 0.98  # without a steps_to_reach claim: 98% of the lowest configuration's mean final accuracy
+
+
+@dataclass
+class Row:
+    configuration: str
+    runs: list[RunRecord]
+    usable: list[RunRecord]
+    steps: Aggregate | None = None
+    max_acc: Aggregate | None = None
+    final_acc: Aggregate | None = None
+    published: dict[str, float] = field(default_factory=dict)
+    published_source: str = ""
+
+    @property
+    def seeds(self) -> list[str]:
+        return sorted({run.seed for run in self.usable}, key=lambda s: (len(s), s))
+
+
+def comparison_rows(groups: dict[str, list[RunRecord]], target: float | None, published: Sequence[Published] = ()) -> list[Row]:
+    rows = []
+    for label, runs in groups.items():
+        usable = [run for run in runs if unusable_reason(run) is None and run.history.get(ACCURACY)]
+        row = Row(label, runs, usable)
+        if usable:
+            if target is not None:
+                metric = {"series": ACCURACY, "target": target}
+                row.steps = Aggregate.of([steps_to_reach(run, metric) for run in usable])
+            row.max_acc = Aggregate.of([run.best(ACCURACY) for run in usable])
+            row.final_acc = Aggregate.of([run.final(ACCURACY) for run in usable])
+        for entry in published:
+            if runs and all(matches(run, entry.configuration) for run in runs):
+                row.published, row.published_source = entry.values, entry.source
+        rows.append(row)
+    return rows
+
+
+def table_target(registry: Registry, results: Sequence[Result], groups: dict[str, list[RunRecord]]) -> tuple[float | None, str]:
+    """The accuracy the table counts steps to: that of the first steps_to_reach claim judged on this
+    sweep, else DEFAULT_TARGET_FRACTION of the lowest configuration's mean final accuracy."""
+    for result in results:
+        if result.target is not None:
+            return result.target, f"the target of claim `{result.claim.id}`: {_target_rule(result.claim.metric['target'])}"
+    finals = []
+    for runs in groups.values():
+        values = [run.final(ACCURACY) for run in runs if unusable_reason(run) is None and run.final(ACCURACY) is not None]
+        if values:
+            finals.append(sum(values) / len(values))
+    if not finals:
+        return None, "no configuration logged test accuracy"
+    return DEFAULT_TARGET_FRACTION * min(finals), f"{DEFAULT_TARGET_FRACTION:.0%} of the lowest configuration's mean final test accuracy"
+
+
+def _target_rule(target) -> str:
+    if isinstance(target, dict):
+        reference = target.get("configuration")
+        label = "the lowest compared configuration" if reference == "lowest" else ",".join(f"{k}={v}" for k, v in reference.items())
+        return f"{float(target.get('fraction', 1.0)):.0%} of the mean {target.get('of', 'final')} test accuracy of {label}"
+    return f"{float(target):.2%}"
+
+
+# --- formatting --------------------------------------------------------------------------------
+def percent(a: Aggregate | None) -> str:
+    if a is None:
+        return "-"
+    spread = f" ± {100 * a.std:.2f}" if a.n > 1 else ""
+    return f"{100 * a.mean:.2f}{spread}% [{100 * a.min:.2f}–{100 * a.max:.2f}]"
+
+
+def steps(a: Aggregate | None) -> str:
+    if a is None:
+        return "-"
+    if math.isinf(a.min):
+        return f"not reached (0/{a.n})"
+    if math.isinf(a.mean):
+        return f"not reached by every seed (best {a.min:,.0f})"
+    spread = f" ± {a.std:,.0f}" if a.n > 1 else ""
+    return f"{a.mean:,.0f}{spread} [{a.min:,.0f}–{a.max:,.0f}]"
+
+
+def published_cell(row: Row, key: str, kind: str) -> str:
+    if key not in row.published:
+        return ""
+    value = row.published[key]
+    return f" (paper: {100 * value:.1f}%)" if kind == "percent" else f" (paper: {value:,.3g})"
+
+
+def comparison_table(rows: Sequence[Row], target: float | None) -> str:
+    target_header = f"steps to {100 * target:.2f}%" if target is not None else "steps to target"
+    lines = [
+        f"| configuration | seeds | {target_header} | max test accuracy | final test accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        seeds = f"{len(row.seeds)} ({', '.join(row.seeds)})" + _left_out(row)
+        lines.append(
+            f"| {row.configuration} | {seeds} | {steps(row.steps)}{published_cell(row, 'steps_to_target', 'steps')} "
+            f"| {percent(row.max_acc)}{published_cell(row, 'max_acc', 'percent')} "
+            f"| {percent(row.final_acc)}{published_cell(row, 'final_acc', 'percent')} |"
+        )
+    return "\n".join(lines)
+
+
+def _left_out(row: Row) -> str:
+    """The runs a row could not use, by why: diverged runs are a result the table must show."""
+    diverged = sum(run.outcome == "diverged" for run in row.runs)
+    other = len(row.runs) - len(row.usable) - diverged
+    return "".join(f", {count} {what}" for count, what in ((diverged, "**diverged**"), (other, "unusable")) if count)
+
+
+def claims_table(results: Sequence[Result]) -> str:
+    lines = ["| claim | verdict | paper (quote) | what we compared |", "|---|---|---|---|"]
+    for result in results:
+        claim = result.claim
+        quote = f"“{claim.paper}” ({claim.source})" if claim.source else f"“{claim.paper}”"
+        if claim.published is not None:
+            quote += f" Published: {claim.published}."
+        lines.append(f"| `{claim.id}` | **{result.verdict.value}** | {_cell(quote)} | {_cell(result.reason)} |")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def provenance(sweep: Sweep) -> dict[str, str]:
+    """Data, steps, batch, seeds and experiment(s) of the sweep, read from its runs' tags and params."""
+    runs = sweep.runs
+
+    def values(read) -> str:
+        found = sorted({str(v) for v in (read(run) for run in runs) if v not in (None, "")}, key=lambda s: (len(s), s))
+        return ", ".join(found) or "?"
+
+    last_step = values(lambda run: max((step for step, _ in run.history.get(ACCURACY, [])), default=None))
+    return {
+        "data": values(lambda run: run.tags.get("data")),
+        "binarize": values(lambda run: run.params.get("data.binarize")),
+        "batch_size": values(lambda run: run.params.get("data.batch_size")),
+        "max_steps": values(lambda run: run.params.get("trainer.max_steps")),
+        "last_step": last_step,
+        "eval_every": values(lambda run: run.params.get("trainer.eval_every_n_steps")),
+        "seeds": values(lambda run: run.seed),
+        "experiment": values(lambda run: run.tags.get("experiment")),
+        "optimizer": values(
+            lambda run: f"SGD lr {run.params.get('optim.lr')}, momentum {run.params.get('optim.momentum')}"
+            if "optim.lr" in run.params
+            else None
+        ),
+        "statuses": values(lambda run: run.outcome),
+    }
+
+
+def report_markdown(
+    sweep: Sweep,
+    rows: Sequence[Row],
+    target: float | None,
+    target_rule: str,
+    results: Sequence[Result],
+    figures: dict[str, str],
+    notes: Sequence[str] = (),
+) -> str:
+    about = provenance(sweep)
+    lines = [
+        f"# Report: sweep `{sweep.name}`",
+        "",
+        f"- **Data**: {about['data']} (binarize={about['binarize']}), batch size {about['batch_size']}",
+        f"- **Steps**: {about['max_steps']} (last evaluation at step {about['last_step']}), test accuracy every {about['eval_every']} steps",
+        f"- **Seeds**: {about['seeds']} ({len(sweep.runs)} runs; status {about['statuses']})",
+        f"- **Experiment**: {about['experiment']}; optimizer: {about['optimizer']}",
+        f"- **MLflow**: parent run `{sweep.parent_run_id}`, sweep id `{sweep.sweep_id}`",
+        "",
+        "## Figure 1(a): test accuracy vs training steps",
+        "",
+    ]
+    if "fig1a" in figures:
+        lines += [f"![Figure 1a]({figures['fig1a']})", "", "Mean over seeds; the band spans the lowest to the highest seed.", ""]
+    lines += [
+        "## Comparison table",
+        "",
+        f"Mean ± standard deviation over seeds, [min–max] over seeds. Target accuracy: {_percent_or_dash(target)} ({target_rule}).",
+        "",
+        comparison_table(rows, target),
+        "",
+    ]
+    if not any(row.published for row in rows):
+        lines += ["The paper publishes no number for these configurations (for MNIST, Figure 1 shows curves only).", ""]
+    lines += ["## Figure 1(b, c): input distribution of a typical sigmoid of the last hidden layer", ""]
+    panels = [key for key in ("fig1b", "fig1c") if key in figures]
+    lines += [" ".join(f"![Figure {key[3:]}]({figures[key]})" for key in panels) if panels else "Not drawn: see the notes below.", ""]
+    lines += ["## Claims", "", "PASS needs the gap to exceed the seed-to-seed range; WITHIN_NOISE is not a pass.", "", claims_table(results), ""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    return "\n".join(lines)
+
+
+def _percent_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

@@ -1,0 +1,113 @@
+"""`python -m bnrepro.report` on a small real sweep: sweeps/mnist_fig1.yaml on mnist_mini, 2 seeds, 200 steps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bnrepro.report.__main__ import main, write_report
+from bnrepro.report.claims import CLAIMS_FILE, Published, load_claims
+from bnrepro.report.runs import RunRecord, group_by_configuration
+from bnrepro.report.tables import comparison_rows, comparison_table
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The MNIST sweep file, shrunk: 2 configurations x 2 seeds x 200 steps, evaluated every 50 steps.
+
+    It runs with its working directory in a temporary folder, so its MLflow artifacts land there too.
+    """
+    home = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    command = [
+        sys.executable, str(ROOT / "train.py"), "-m", "-cd", str(ROOT / "sweeps"), "-cn", "mnist_fig1",
+        "data=mnist_mini", "seed=0,1", "trainer.max_steps=200", "trainer.eval_every_n_steps=50",
+        "trainer.log_every_n_steps=50", "trainer.enable_progress_bar=false", "callbacks.checkpoint=null",
+        f"hydra.sweep.dir={home / 'multirun'}",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out_dir = write_report("mnist_fig1", out_dir=home / "report", uri=uri)
+    return uri, out_dir
+
+
+def test_report_writes_non_empty_png_figures(sweep):
+    _, out_dir = sweep
+    for name in FIGURES:
+        data = (out_dir / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+
+
+def test_report_md_has_the_provenance_the_table_and_every_verdict(sweep):
+    _, out_dir = sweep
+    text = (out_dir / "report.md").read_text()
+    assert "**Data**: mnist_mini" in text and "**Seeds**: 0, 1" in text and "**Steps**: 200" in text
+    assert "| norm=bn | 2 (0, 1) |" in text and "| norm=none | 2 (0, 1) |" in text
+    for claim in load_claims(CLAIMS_FILE).claims:
+        assert f"`{claim.id}`" in text
+
+
+def test_claims_json_holds_a_verdict_for_every_claim(sweep):
+    _, out_dir = sweep
+    document = json.loads((out_dir / "claims.json").read_text())
+    ids = [claim.id for claim in load_claims(CLAIMS_FILE).claims]
+    assert list(document["verdicts"]) == ids
+    assert set(document["verdicts"].values()) <= {"PASS", "FAIL", "WITHIN_NOISE", "NOT_RUN"}
+    final = next(claim for claim in document["claims"] if claim["id"] == "mnist.bn_higher_final_accuracy")
+    assert [group["seeds"] for group in final["configurations"]] == [["0", "1"], ["0", "1"]]
+
+
+def test_report_is_logged_to_the_sweeps_parent_run(sweep):
+    uri, out_dir = sweep
+    client = MlflowClient(uri)
+    parent = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`bnrepro.role` = 'sweep' and tags.`bnrepro.sweep_name` = 'mnist_fig1'"
+    )[0]
+    logged = {Path(artifact.path).name for artifact in client.list_artifacts(parent.info.run_id, "report")}
+    assert {*FIGURES, "report.md", "claims.json"} <= logged
+
+
+def test_an_unknown_sweep_is_a_one_line_error_with_exit_code_2(sweep, monkeypatch, capsys):
+    uri, _ = sweep
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["no_such_sweep", "--no-upload"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bnrepro: error: no sweep named 'no_such_sweep'") and error.count("\n") == 1
+    assert "mnist_fig1" in error  # the known sweeps are listed
+
+
+def test_a_malformed_claims_file_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "claims.yaml"
+    bad.write_text("claims:\n  - {id: x, paper: p, comparison: nope, configurations: [{norm: bn}]}\n")
+    assert main(["mnist_fig1", "--claims", str(bad), "--no-upload"]) == 2
+    error = capsys.readouterr().err
+    assert str(bad) in error and "claim #1 (x): unknown comparison 'nope'" in error and error.count("\n") == 1
+
+
+def job(name: str, seed: int, acc: tuple[float, ...] = (0.5, 0.9), **tags) -> RunRecord:
+    history = {"val/acc": [(100 * (i + 1), value) for i, value in enumerate(acc)]}
+    return RunRecord(f"{name}-{seed}", f"{name},seed={seed}", "FINISHED", {**tags, "seed": str(seed)}, {}, history)
+
+
+def test_runs_that_differ_only_by_seed_form_one_configuration_named_by_what_varies():
+    runs = [job(f"norm={norm},optim.lr_multiplier=2", seed, norm=norm, experiment="mnist_fig1") for norm in ("bn", "none") for seed in (0, 1)]
+    groups = group_by_configuration(runs)
+    assert list(groups) == ["norm=bn", "norm=none"]
+    assert [[run.seed for run in group] for group in groups.values()] == [["0", "1"], ["0", "1"]]
+
+
+def test_the_table_shows_the_papers_number_beside_ours_where_published():
+    groups = {"experiment=bn_x30": [job("experiment=bn_x30", seed, (0.70, 0.75), experiment="bn_x30") for seed in (0, 1)]}
+    published = [Published({"experiment": "bn_x30"}, {"max_acc": 0.748, "steps_to_target": 2.7e6}, "Figure 3")]
+    table = comparison_table(comparison_rows(groups, 0.72, published), 0.72)
+    assert "| steps to 72.00% |" in table
+    assert "200 ± 0 [200–200] (paper: 2.7e+06)" in table and "75.00 ± 0.00% [75.00–75.00] (paper: 74.8%)" in table
