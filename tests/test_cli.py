@@ -23,7 +23,8 @@ def test_sweep_of_four_jobs_gives_four_tagged_runs_under_one_parent(store, tmp_p
     }
     assert {r.data.tags[PARENT_TAG] for r in jobs} == {parent.info.run_id}
     assert {r.data.tags[SWEEP_ID_TAG] for r in jobs} == {parent.data.tags[SWEEP_ID_TAG]}
-    assert {r.data.params["optim.lr"] for r in jobs} == {"2.5", "15.0"}
+    base_lr = float(jobs[0].data.params["model.base_lr"])
+    assert {r.data.params["optim.lr"] for r in jobs} == {str(base_lr * 5), str(base_lr * 30)}
     assert len({r.data.tags["bnrepro.output_dir"] for r in jobs}) == 4
     assert len([d for d in (tmp_path / "sweep").iterdir() if d.is_dir()]) == 4
 

@@ -129,3 +129,22 @@ def test_device_slots_give_concurrent_jobs_disjoint_gpus(tmp_path):
             DeviceSlot(str(tmp_path), slots=2, per_job=2).__enter__()
     with DeviceSlot(str(tmp_path), slots=2, per_job=2) as again:
         assert again.devices == [0, 1]  # released slots are reused
+
+
+BLOCKED_RANK_ZERO = """
+import sys, threading
+from bnrepro.distributed import RankProcesses
+record = lambda reason: open(sys.argv[1], "w").write(reason)
+with RankProcesses(2, [sys.executable, "-c", "import sys; sys.exit(4)"], poll_seconds=0.05,
+                   on_abandon=record, grace_seconds=0.5):
+    threading.Event().wait()  # blocked where no Python exception can reach it, like a C++ rendezvous
+"""
+
+
+def test_rank_zero_blocked_beyond_reach_records_the_failure_and_exits(tmp_path):
+    import subprocess
+
+    reason = tmp_path / "reason.txt"
+    result = subprocess.run([sys.executable, "-c", BLOCKED_RANK_ZERO, str(reason)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert reason.read_text() == "rank 1 of this job exited with code 4 (see its log in the job directory)"

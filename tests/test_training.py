@@ -27,10 +27,11 @@ def test_mnist_mini_run_learns_and_is_tracked_finished(store):
 
 
 def test_every_resolved_config_value_is_a_dotted_param(store):
-    train(compose_config("trainer.max_steps=10", "optim=lr_x5", *QUICK), JobInfo())
+    cfg = compose_config("trainer.max_steps=10", "optim=lr_x5", *QUICK)
+    train(cfg, JobInfo())
     _, run = only_run(store)
     params = run.data.params
-    assert params["optim.lr"] == str(0.5 * 5) and params["model.net.widths"] == "[100, 100, 100]"
+    assert params["optim.lr"] == str(cfg.model.base_lr * 5) and params["model.net.widths"] == "[100, 100, 100]"
     assert params["data.batch_size"] == "60" and params["global_batch_size"] == "60"
 
 

@@ -42,11 +42,31 @@ class MLPModel(ModelConfig):
     net: MLPNet = field(default_factory=MLPNet)
 
 
+@dataclass
+class InceptionNet:
+    """BN-Inception of the paper's appendix (Figure 5); see bnrepro.models.inception_bn for each option."""
+
+    _target_: str = "bnrepro.models.inception_bn.BNInception"  # num_classes comes from the data module
+    norm: str = "${norm.kind}"
+    activation: str = "relu"  # "relu" | "sigmoid" (BN-x5-Sigmoid, Sec. 4.2.2)
+    dropout: float = "${reg.dropout}"  # type: ignore[assignment]
+    lrn: bool = False  # GoogLeNet's local response normalization (the Inception baseline; Sec. 4.2.1 removes it)
+    separable_stem: bool = False  # Figure 5's "separable with depth multiplier 8" first convolution
+    width_multiplier: float = 1.0  # scales every conv's channels (proxy runs on CPU)
+    channel_reading: str = "branches"  # "branches" | "outputs": two readings of Figure 5's channel counts
+    in_channels: int = 3
+
+
+@dataclass
+class InceptionModel(ModelConfig):
+    net: InceptionNet = field(default_factory=InceptionNet)
+
+
 # --- norm, optim, reg --------------------------------------------------------------------------
 @dataclass
 class NormConfig:
     kind: str = MISSING  # "bn" | "none"
-    sync: bool = False  # synchronize BN statistics across DDP ranks
+    sync: bool = True  # under DDP, BN statistics over the global batch (all ranks); no effect on one process
 
 
 @dataclass
@@ -90,6 +110,54 @@ class MNISTMiniData(InMemoryData):
     split_seed: int = 0
 
 
+@dataclass
+class FashionMNISTData(InMemoryData):
+    """Fashion-MNIST as (channels, image_size, image_size) images: the BN-Inception proxy's data."""
+
+    _target_: str = "bnrepro.data.fashion_mnist.FashionMNISTDataModule"
+    data_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+    image_size: int = 32
+    channels: int = 1
+    standardize: bool = True
+    test_size: Optional[int] = None  # evaluate on the first N test images (None: all 10,000)
+
+
+@dataclass
+class ImageNetData:
+    """ILSVRC-2012 from data_dir/{train,val}/<wnid>/*.JPEG (Sec. 4.2). DataLoader-based: one step per batch."""
+
+    _target_: str = "bnrepro.data.imagenet.ImageNetDataModule"
+    data_dir: str = "data/imagenet"
+    batch_size: int = 32  # per device: the paper's 32 per replica
+    eval_batch_size: Optional[int] = None  # None: batch_size
+    num_workers: int = 8
+    pin_memory: bool = True
+    image_size: int = 224
+    photometric: str = "full"  # "full" | "reduced" (Sec. 4.2.1) | "none"
+    channels_last: bool = False
+    on_corrupt: str = "fail"  # "fail" | "skip"
+    drop_last: bool = True
+
+
+@dataclass
+class FakeImageNetData:
+    """Synthetic ImageNet-shaped tensors, same batch format as ImageNetData: pipeline tests and benchmarks."""
+
+    _target_: str = "bnrepro.data.imagenet.FakeImageNetDataModule"
+    num_classes: int = 1000
+    image_size: int = 224
+    train_size: int = 10_000
+    val_size: int = 1_000
+    batch_size: int = 32  # per device
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    channels_last: bool = False
+    seed: int = "${seed}"  # type: ignore[assignment]
+    class_signal: float = 1.0
+    drop_last: bool = True
+
+
 # --- trainer, logger ---------------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
@@ -110,6 +178,8 @@ class LoggerConfig:
     kind: str = MISSING  # "mlflow" | "none"
     tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default: sqlite under outputs/
     experiment_name: str = "bnrepro"
+    heartbeat_seconds: float = 60.0  # how often a running job refreshes its run's bnrepro.heartbeat tag (0: never)
+    stale_after_seconds: float = 600.0  # a RUNNING run silent this long is marked FAILED ("lost") at the next start
 
 
 @dataclass
@@ -125,14 +195,25 @@ class TrainConfig:
     logger: LoggerConfig = MISSING
     # Lightning callbacks by name, each a `_target_` node (null disables one): conf/callbacks/.
     callbacks: dict[str, Any] = field(default_factory=dict)
+    # Where to continue from: a run id, a run's output directory, or "auto" (the checkpoint of an
+    # unfinished run with this job's identity; skip if one already FINISHED). null: "auto" for the
+    # jobs of a multirun, a fresh run otherwise. See bnrepro.resume.
+    resume: Optional[str] = None
+    rerun: bool = False  # true: always start a fresh run, even if an identical one finished or can be resumed
 
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "model": {"mlp": MLPModel},
+    "model": {"mlp": MLPModel, "inception_bn": InceptionModel},
     "norm": {"norm": NormConfig},
     "optim": {"optim": OptimConfig},
     "reg": {"reg": RegConfig},
-    "data": {"mnist": MNISTData, "mnist_mini": MNISTMiniData},
+    "data": {
+        "mnist": MNISTData,
+        "mnist_mini": MNISTMiniData,
+        "fashion_mnist": FashionMNISTData,
+        "imagenet": ImageNetData,
+        "fake_imagenet": FakeImageNetData,
+    },
     "trainer": {"trainer": TrainerConfig},
     "logger": {"logger": LoggerConfig},
 }
@@ -168,11 +249,46 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.norm.kind in ("bn", "none"), f"norm.kind must be 'bn' or 'none', got {cfg.norm.kind!r}")
     _require(cfg.logger.kind in ("mlflow", "none"), f"logger.kind must be 'mlflow' or 'none', got {cfg.logger.kind!r}")
     _validate_schedule(cfg)
+    _validate_option_values(cfg)
+    _validate_reliability(cfg)
     _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     _require(
         cfg.norm.kind != "bn" or cfg.data.batch_size > 1,
         "data.batch_size=1 cannot train with norm=bn: batch statistics need at least 2 examples "
         "(Sec. 3.1); use a larger batch or norm=none",
+    )
+
+
+def _validate_reliability(cfg: DictConfig) -> None:
+    """Checkpoint interval, divergence bound, heartbeat and resume settings (bnrepro.resume)."""
+    chunk = cfg.data.get("steps_per_batch", 1)
+    checkpoint = cfg.callbacks.get("checkpoint")
+    if checkpoint is not None:
+        every = checkpoint.get("every_n_steps", 0)
+        _require(
+            isinstance(every, int) and every >= 0 and every % chunk == 0,
+            f"callbacks.checkpoint.every_n_steps={every} must be 0 or a positive multiple of "
+            f"data.steps_per_batch={chunk} so checkpoints land on exact optimizer steps",
+        )
+    divergence = cfg.callbacks.get("divergence")
+    if divergence is not None and divergence.get("max_loss") is not None:
+        bound = divergence.max_loss
+        _require(bound > 0, f"callbacks.divergence.max_loss must be > 0 or null (no bound), got {bound}")
+    beat, stale = cfg.logger.heartbeat_seconds, cfg.logger.stale_after_seconds
+    _require(beat >= 0 and stale >= 0, f"logger.heartbeat_seconds and logger.stale_after_seconds must be >= 0, got {beat} and {stale}")
+    _require(
+        stale == 0 or 0 < beat < stale,
+        f"logger.stale_after_seconds={stale} must exceed logger.heartbeat_seconds={beat} > 0, or be 0 "
+        "(never mark silent runs lost): a run without heartbeats would be marked lost while it trains",
+    )
+    resume = cfg.get("resume")
+    _require(
+        not (cfg.rerun and resume not in (None, "auto")),
+        f"rerun=true starts a fresh run but resume={resume} asks to continue one: drop one of the two",
+    )
+    _require(
+        resume is None or resume == "auto" or checkpoint is not None,
+        "resume needs checkpoints, but callbacks.checkpoint is null: remove that override",
     )
 
 
@@ -191,6 +307,23 @@ def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             _reject_unknown_keys(child, f"{path}{key}.")
+
+
+# Keys that only some group options have (BN-Inception, ImageNet): checked where present.
+ALLOWED_VALUES = {
+    "model.net.activation": ("relu", "sigmoid"),
+    "model.net.channel_reading": ("branches", "outputs"),
+    "data.photometric": ("full", "reduced", "none"),
+    "data.on_corrupt": ("fail", "skip"),
+}
+
+
+def _validate_option_values(cfg: DictConfig) -> None:
+    for key, allowed in ALLOWED_VALUES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        _require(value is None or value in allowed, f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    width = OmegaConf.select(cfg, "model.net.width_multiplier", default=None)
+    _require(width is None or width > 0, f"model.net.width_multiplier must be > 0, got {width}")
 
 
 def _validate_schedule(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,16 @@ class RankProcesses:
     then ends with `RankFailed` naming the rank.
     """
 
-    def __init__(self, num_processes: int, command: list[str], poll_seconds: float = 0.5):
+    def __init__(
+        self,
+        num_processes: int,
+        command: list[str],
+        poll_seconds: float = 0.5,
+        on_abandon: Callable[[str], None] = lambda reason: None,
+        grace_seconds: float = 30.0,
+    ):
         self.num_processes, self.command, self.poll_seconds = num_processes, command, poll_seconds
+        self.on_abandon, self.grace_seconds = on_abandon, grace_seconds
         self.children: list[subprocess.Popen] = []
         self._saved_env: dict[str, str | None] = {}
         self._failure: str | None = None
@@ -105,6 +114,12 @@ class RankProcesses:
                     log.error(self._failure)
                     self._terminate_children()
                     _thread.interrupt_main()  # rank 0 may be blocked waiting for the lost rank
+                    if not self._done.wait(self.grace_seconds):
+                        # Blocked inside a C++ rendezvous, where no Python exception can reach it:
+                        # record the failure truthfully, then leave.
+                        log.error("rank 0 did not stop within %.0f s; exiting", self.grace_seconds)
+                        self.on_abandon(self._failure)
+                        os._exit(1)
                     return
 
     def _terminate_children(self) -> None:

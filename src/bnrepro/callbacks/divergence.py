@@ -1,0 +1,51 @@
+"""Divergence as a result, not a crash: stop a run whose training loss is NaN/Inf or above a bound.
+
+The paper reports such runs as outcomes (Sec. 4.2.1: without BN, Inception at 5x the learning
+rate diverges; Sec. 3.3: BN makes higher learning rates trainable). `DivergenceStop` checks the
+mean loss of every training chunk (the value `Classifier.training_step` returns, one device sync
+per chunk of steps_per_batch steps) and raises `Diverged` at once; run.py catches it, tags the run
+``bnrepro.outcome=diverged`` with the step (`tracking.TrackedRun.mark_diverged`), ends it FINISHED
+and returns normally, so a sweep carries on with its other jobs.
+
+The reported step is the optimizer step at the end of the chunk in which the loss first became
+non-finite (or exceeded `max_loss`): the divergence happened at most steps_per_batch - 1 steps earlier.
+"""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+
+
+class Diverged(Exception):
+    """Training diverged at `step`: the loss was `loss` (NaN, +-Inf, or above the configured bound)."""
+
+    def __init__(self, step: int, loss: float, bound: float | None = None):
+        self.step, self.loss, self.bound = step, loss, bound
+        if not math.isfinite(loss):
+            why = "not finite"
+        elif bound is not None and loss > bound:
+            why = f"above the bound {bound}"
+        else:
+            why = "finite here, but not on another rank"
+        super().__init__(f"training diverged at step {step}: loss {loss} is {why}")
+
+
+class DivergenceStop(L.Callback):
+    """Raise `Diverged` when a chunk's mean training loss is NaN/Inf or exceeds `max_loss` (null: no bound)."""
+
+    def __init__(self, max_loss: float | None = None):
+        if max_loss is not None and not max_loss > 0:
+            raise ValueError(f"max_loss must be > 0 or null, got {max_loss}")
+        self.max_loss = max_loss
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs: Any, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is None:
+            return
+        value = float(loss)
+        diverged = not math.isfinite(value) or (self.max_loss is not None and value > self.max_loss)
+        # Any rank's divergence stops every rank at the same step (DDP).
+        if trainer.strategy.reduce_boolean_decision(diverged, all=False):
+            raise Diverged(trainer.global_step, value, self.max_loss)

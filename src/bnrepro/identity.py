@@ -1,0 +1,115 @@
+"""A job's content identity: a hash of what it computes, not of where or how verbosely it records it.
+
+identity = sha256 of (the resolved config without `EXCLUDED` keys, the code version). Two jobs with
+the same identity produce the same result, so a re-run sweep can skip a job whose identity already
+has a FINISHED run and resume one whose identity has a checkpoint (`resume`). The identity is
+stored on every run as the tag ``bnrepro.identity`` and in every checkpoint.
+
+Code version: ``BNREPRO_CODE_VERSION`` if set (pinned deployments, tests), else the git commit of the
+package's checkout plus, when the source differs from it, a hash of that difference (``git diff`` of
+``src/`` and ``train.py`` and the contents of untracked files there), else the package version.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CODE_VERSION_ENV = "BNREPRO_CODE_VERSION"
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding src/ and train.py
+SOURCE_PATHS = ("src", "train.py")
+
+# Keys that do not change a job's result: where and how often it records, how it is resumed.
+# trainer.eval_every_n_steps stays in: it decides which points the result's curves hold.
+EXCLUDED = (
+    "logger",  # tracking store, experiment name, heartbeat settings
+    "sweep_name",
+    "resume",
+    "rerun",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",  # how often the training loss is recorded; the trajectory is the same
+    "callbacks.checkpoint",  # when and where state is saved
+)
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    digest: str  # what runs are tagged with
+    config: dict[str, str]  # the dotted keys that went into it, for explaining a mismatch
+    code_version: str
+
+
+def job_identity(cfg: DictConfig) -> JobIdentity:
+    config = identity_config(cfg)
+    code = code_version()
+    payload = json.dumps({"config": config, "code": code}, sort_keys=True)
+    return JobIdentity(hashlib.sha256(payload.encode()).hexdigest()[:24], config, code)
+
+
+def identity_config(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys -> strings, without the keys that do not change the result."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return {key: value for key, value in _flatten(container).items() if not _excluded(key)}
+
+
+def config_differences(old: dict[str, str], new: dict[str, str], limit: int = 5) -> str:
+    """'key: old -> new' for the keys that differ (at most `limit`), for one-line messages."""
+    keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    shown = [f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}" for key in keys[:limit]]
+    return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _excluded(key: str) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in EXCLUDED)
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): json.dumps(config, sort_keys=True, default=str)}
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def code_version() -> str:
+    return os.environ.get(CODE_VERSION_ENV) or _checkout_version()
+
+
+@lru_cache(maxsize=1)
+def _checkout_version() -> str:
+    try:
+        commit = _git("rev-parse", "HEAD").strip()
+        difference = _git("diff", "HEAD", "--", *SOURCE_PATHS)
+        untracked = _git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_PATHS).split()
+    except (OSError, subprocess.CalledProcessError):
+        return f"bnrepro=={_package_version()}"
+    if not difference and not untracked:
+        return commit
+    digest = hashlib.sha256(difference.encode())
+    for name in sorted(untracked):
+        digest.update(name.encode())
+        try:
+            digest.update((SOURCE_ROOT / name).read_bytes())
+        except OSError:
+            pass
+    return f"{commit}+dirty.{digest.hexdigest()[:12]}"
+
+
+def _git(*args: str) -> str:
+    # A fixed argument list, never a shell string: nothing from the config reaches a command line.
+    return subprocess.run(["git", *args], cwd=SOURCE_ROOT, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("bnrepro")
+    except metadata.PackageNotFoundError:
+        return "unknown"

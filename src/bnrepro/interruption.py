@@ -1,0 +1,107 @@
+"""SIGINT / SIGTERM (Ctrl+C, pre-emption) as a clean, recorded stop instead of a dead process.
+
+Outside training a signal raises `RunInterrupted` at once: nothing is half-done that a checkpoint
+could keep. While the Trainer trains, `GracefulStop` (a Lightning callback that run.py always adds)
+*defers* it: the handler only records the signal, and the next chunk boundary (after that chunk's
+evaluation, if one was due) raises `RunInterrupted(at_boundary=True)`, so the model, optimizer,
+LR schedule, step counter and RNG states all describe the same optimizer step and the checkpoint
+callback can save them (`callbacks.checkpointing`). A second signal stops at once, without a
+checkpoint. The run then ends KILLED in MLflow with the signal as its reason
+(`tracking.TrackedRun`), and the process exits with 128 + the signal number.
+
+The stop decision is reduced across ranks (any rank's signal stops all of them at the same
+step), so it also holds under DDP.
+"""
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunInterrupted(BaseException):
+    """The job was asked to stop by a signal; a BaseException so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int, step: int | None = None, at_boundary: bool = False):
+        self.signum, self.step, self.at_boundary = signum, step, at_boundary
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"interrupted by {signal.Signals(signum).name}{where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "terminated by signal N"
+
+
+class _SignalState:
+    """The signal received (if any) and whether training defers it to a chunk boundary."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+
+    def handle(self, signum: int, frame) -> None:
+        again = self.received is not None
+        self.received = signum
+        if not self.deferred or again:  # a second Ctrl+C stops at once, without a checkpoint
+            raise RunInterrupted(signum)
+        log.warning("received %s: stopping at the next step boundary (send it again to stop at once)", signal.Signals(signum).name)
+
+
+_state = _SignalState()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into `RunInterrupted` for the duration of one job (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _state.received, _state.deferred = None, False
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _state.handle)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _state.received, _state.deferred = None, False
+
+
+class GracefulStop(L.Callback):
+    """Defers SIGINT/SIGTERM during training to the next chunk boundary (see the module docstring).
+
+    Lightning installs its own SIGTERM handler when `fit` starts; it would raise mid-evaluation.
+    `on_train_start` runs after that, so ours replaces it for the training loop (Lightning
+    restores the job-level handler at teardown).
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, _state.handle)
+        # Outside training a signal raises at once, so nothing received before now is still pending.
+        _state.received, _state.deferred = None, True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_asked(trainer)  # a signal during the last chunk still ends the run KILLED
+        _state.deferred = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        _state.deferred = False
+
+    @staticmethod
+    def _stop_if_asked(trainer: L.Trainer) -> None:
+        if trainer.strategy.reduce_boolean_decision(_state.received is not None, all=False):
+            _state.deferred = False
+            raise RunInterrupted(_state.received or signal.SIGTERM, trainer.global_step, at_boundary=True)

@@ -1,0 +1,171 @@
+"""How a job starts: fresh, resumed from a checkpoint into its MLflow run, or skipped as already done.
+
+``resume=<run id>``      continue that MLflow run from its directory's last.ckpt (same run id).
+``resume=<output dir>``  continue from <dir>/checkpoints/last.ckpt; the checkpoint names its run.
+``resume=auto``          look the job's identity (bnrepro.identity) up in the store: skip it if a run
+                         with that identity FINISHED, else continue the newest one with a
+                         checkpoint, else start fresh.
+``resume=null``          (default) ``auto`` for the jobs of a multirun, fresh for a single run: so
+                         re-running a sweep command skips finished jobs, resumes interrupted
+                         ones and runs the rest.
+``rerun=true``           always fresh.
+
+An explicit resume must match the checkpoint's configuration (keys that change the result; see
+`bnrepro.identity.EXCLUDED` for those that may differ, like logging intervals): a mismatch is an
+error naming the differing keys. A different code version only warns.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bnrepro import tracking
+from bnrepro.callbacks.checkpointing import CheckpointError, last_checkpoint, load_checkpoint
+from bnrepro.distributed import global_rank
+from bnrepro.identity import JobIdentity, config_differences
+from bnrepro.tracking import JobInfo
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DIR_TAG = "bnrepro.output_dir"
+
+
+class ResumeError(ValueError):
+    """A resume request that cannot be honoured; the message names the run or directory and the fix."""
+
+
+@dataclass
+class StartPlan:
+    start: str  # "fresh" | "resumed" | "skipped"
+    run_id: str | None = None  # resumed: the run to reopen; skipped: the finished run
+    output_dir: str | None = None  # resumed: the directory whose checkpoints continue
+    checkpoint: dict[str, Any] | None = field(default=None, repr=False)  # resumed: the loaded state
+    checkpoint_path: Path | None = None
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint["global_step"]) if self.checkpoint else 0
+
+
+FRESH = StartPlan("fresh")
+
+
+def plan_start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> StartPlan:
+    """Decide how this job starts (see the module docstring)."""
+    request = cfg.get("resume")
+    if cfg.rerun:
+        return FRESH
+    if request is None:
+        request = "auto" if job.sweep_id else None
+    if request is None:
+        return FRESH
+    request = str(request)
+    if request == "auto":
+        return _auto(cfg, identity)
+    if Path(request).is_dir():
+        return _from_directory(cfg, Path(request), identity)
+    if any(sep in request for sep in ("/", "\\")) or request.startswith("."):
+        raise ResumeError(f"resume={request}: no such directory; give a run's output directory, its MLflow run id, or auto")
+    return _from_run_id(cfg, request, identity)
+
+
+def _tracked(cfg: DictConfig) -> bool:
+    """Whether this process looks runs up in the store: only rank 0 (ranks 1..N-1 get rank 0's decision
+    as an explicit resume=<dir> / rerun=true, and the run is already reopened by rank 0 when they start)."""
+    return cfg.logger.kind != "none" and global_rank() == 0
+
+
+def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
+    if not _tracked(cfg):
+        log.info("resume=auto needs the tracking store (logger=none): starting fresh")
+        return FRESH
+    runs = tracking.runs_with_identity(cfg, identity.digest)
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    if finished:
+        return StartPlan("skipped", run_id=finished[0].info.run_id)
+    for run in runs:  # newest first
+        if run.info.status == "RUNNING":
+            continue  # alive (lost runs were just marked FAILED): never continue a run another process writes
+        output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
+        path = last_checkpoint(output_dir) if output_dir else None
+        if path is None:
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as error:
+            log.warning("not resuming run %s: %s", run.info.run_id, error)
+            continue
+        if state["meta"].get("identity") != identity.digest:
+            continue
+        return StartPlan("resumed", run.info.run_id, output_dir, state, path)
+    return FRESH
+
+
+def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> StartPlan:
+    path = last_checkpoint(directory)
+    if path is None:
+        raise ResumeError(
+            f"resume={directory}: no checkpoint at {directory}/checkpoints/last.ckpt; "
+            "give the output directory of a run that saved one (callbacks.checkpoint), or start a new run"
+        )
+    state = load_checkpoint(path)
+    _check_same_job(state, identity, f"resume={directory}")
+    run_id = state["meta"].get("run_id")
+    if _tracked(cfg) and run_id:
+        run = tracking.find_run(cfg, run_id)
+        if run is None:
+            uri = tracking.tracking_uri(cfg.logger.tracking_uri)
+            raise ResumeError(
+                f"resume={directory}: its checkpoint belongs to MLflow run {run_id}, which is not in {uri}; "
+                "set MLFLOW_TRACKING_URI to the store it was tracked in, or resume untracked with logger=none"
+            )
+        _check_resumable(run, f"resume={directory}")
+    return StartPlan("resumed", run_id if _tracked(cfg) else None, str(directory.resolve()), state, path)
+
+
+def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPlan:
+    uri = tracking.tracking_uri(cfg.logger.tracking_uri)
+    if not _tracked(cfg):
+        raise ResumeError(f"resume={run_id} looks like a run id, but logger=none has no store to look it up: give its output directory")
+    tracking.mark_lost_runs(tracking.open_store(uri), cfg.logger.stale_after_seconds)
+    run = tracking.find_run(cfg, run_id)
+    if run is None:
+        raise ResumeError(f"resume={run_id}: no such directory and no MLflow run with that id in {uri}")
+    if run.info.status == "FINISHED":
+        return StartPlan("skipped", run_id=run_id)
+    _check_resumable(run, f"resume={run_id}")
+    output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
+    path = last_checkpoint(output_dir) if output_dir else None
+    if path is None:
+        raise ResumeError(
+            f"resume={run_id}: the run saved no checkpoint (looked in {output_dir or '?'}/checkpoints); "
+            "start a new run (rerun=true)"
+        )
+    state = load_checkpoint(path)
+    _check_same_job(state, identity, f"resume={run_id}")
+    return StartPlan("resumed", run_id, output_dir, state, path)
+
+
+def _check_resumable(run, request: str) -> None:
+    if run.info.status == "RUNNING":
+        raise ResumeError(
+            f"{request}: run {run.info.run_id} is still RUNNING (its heartbeat is recent): stop its process first; "
+            "a run whose process died is marked FAILED after logger.stale_after_seconds"
+        )
+
+
+def _check_same_job(state: dict[str, Any], identity: JobIdentity, request: str) -> None:
+    saved = state["meta"].get("config") or {}
+    if saved and saved != identity.config:
+        raise ResumeError(
+            f"{request}: the checkpoint was written with a different configuration ({config_differences(saved, identity.config)}); "
+            "resume with the run's original overrides, or start a new run"
+        )
+    if state["meta"].get("code_version") not in (None, identity.code_version):
+        log.warning(
+            "%s: the code changed since the checkpoint (%s -> %s); continuing with the current code",
+            request, state["meta"].get("code_version"), identity.code_version,
+        )

@@ -1,0 +1,172 @@
+"""Bad input: every case fails with a message naming the problem and the fix, exit code != 0, and no
+run recorded as a success. Cases run through Hydra's real command-line path, in-process (cli_inprocess).
+
+Hydra reports composition errors itself (exit 1, its own few lines); everything bnrepro checks is
+one line, ``bnrepro: error: ...``, exit 2.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader, Dataset
+
+from bnrepro.callbacks import checkpointing
+from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
+from bnrepro.data.errors import DatasetError
+from bnrepro.run import one_line
+from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
+from conftest import QUICK
+from test_mnist_data import write_mnist_raw
+
+SHORT = ("trainer.max_steps=20", *QUICK)
+
+
+def mnist_folder(tmp_path: Path, damage: str) -> str:
+    """A data_dir for data=mnist: missing, empty, or a synthetic MNIST with one file damaged."""
+    root = tmp_path / "mnist"
+    if damage == "missing":
+        return str(root)
+    root.mkdir()
+    if damage == "empty":
+        return str(root)
+    raw = write_mnist_raw(root, train=100, test=20) / "MNIST" / "raw"
+    broken = raw / "train-images-idx3-ubyte"
+    if damage == "truncated":
+        broken.write_bytes(broken.read_bytes()[:5000])  # header says 100 images, the file holds fewer
+    else:
+        broken.write_bytes(b"this is not an IDX file")  # wrong magic number
+    return str(root)
+
+
+def corrupt_store(tmp_path: Path, monkeypatch) -> str:
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xde\xad\xbe\xef" * 64)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
+    return f"sqlite:///{path}"
+
+
+def unreachable_server(tmp_path: Path, monkeypatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    return "http://127.0.0.1:9"
+
+
+# (case, overrides (may use {tmp}), expected exit code, substrings of the message)
+CASES = [
+    ("unknown group option", ["optim=lr_x7"], 1, ["Could not find 'optim/lr_x7'", "Available options", "lr_x30"]),
+    ("unknown key", ["trainer.max_stepz=5"], 1, ["Could not override 'trainer.max_stepz'", "Key 'max_stepz' not in 'TrainerConfig'"]),
+    ("appended unknown key", ["+trainer.speed=9"], 2, ["bnrepro: error: unknown key trainer.speed", "known keys:"]),
+    ("wrong type", ["trainer.max_steps=many"], 1, ["trainer.max_steps", "Value 'many' of type 'str' could not be converted to Integer"]),
+    ("negative lr", ["model.base_lr=-0.5"], 2, ["bnrepro: error: model.base_lr must be > 0, got -0.5"]),
+    ("dropout of 1", ["reg.dropout=1.0"], 2, ["bnrepro: error: reg.dropout must be in [0, 1), got 1.0"]),
+    ("batch of 1 with BN", ["data.batch_size=1"], 2, ["data.batch_size=1 cannot train with norm=bn", "use a larger batch or norm=none"]),
+    ("checkpoint off the chunk grid", ["callbacks.checkpoint.every_n_steps=15"], 2,
+     ["callbacks.checkpoint.every_n_steps=15 must be 0 or a positive multiple of data.steps_per_batch=10"]),
+    ("rerun and resume together", ["rerun=true", "resume=0123abcd"], 2, ["rerun=true starts a fresh run but resume=0123abcd", "drop one"]),
+    ("resume of an unknown run", ["resume=0123abcd"], 2, ["resume=0123abcd: no such directory and no MLflow run with that id in sqlite:///"]),
+    ("resume of a directory without checkpoint", ["resume={tmp}"], 2, ["no checkpoint at {tmp}/checkpoints/last.ckpt"]),
+    ("MNIST folder missing", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2,
+     ["MNIST is not readable under {tmp}/mnist/MNIST/raw", "Dataset not found", "or run offline with data=mnist_mini"]),
+    ("MNIST folder empty", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2, ["Dataset not found"]),
+    ("MNIST IDX truncated", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2,
+     ["MNIST is not readable", "is invalid for input of size", "Download them"]),
+    ("MNIST IDX corrupt", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2,
+     ["MNIST is not readable", "AssertionError", "Download them"]),
+    ("output directory not writable", ["hydra.run.dir={tmp}/a_file/run"], 2,
+     ["bnrepro: error: output directory {tmp}/a_file/run cannot be written: {tmp}/a_file is not a directory", "set hydra.run.dir"]),
+    ("tracking store corrupt", [], 2, ["bnrepro: error: MLflow tracking store sqlite:///{tmp}/corrupt.db is not usable", "move the broken file aside"]),
+    ("tracking server unreachable", [], 2, ["bnrepro: error: MLflow tracking server http://127.0.0.1:9 is unreachable", "make tracking-server"]),
+]
+SETUP = {
+    "MNIST folder missing": lambda tmp, mp: mnist_folder(tmp, "missing"),
+    "MNIST folder empty": lambda tmp, mp: mnist_folder(tmp, "empty"),
+    "MNIST IDX truncated": lambda tmp, mp: mnist_folder(tmp, "truncated"),
+    "MNIST IDX corrupt": lambda tmp, mp: mnist_folder(tmp, "corrupt"),
+    "output directory not writable": lambda tmp, mp: (tmp / "a_file").write_text("a file, not a folder"),
+    "tracking store corrupt": corrupt_store,
+    "tracking server unreachable": unreachable_server,
+}
+
+
+def finished_runs(store: str) -> list:
+    if not Path(store.removeprefix("sqlite:///")).exists():
+        return []
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [run for run in runs if run.info.status == "FINISHED"]
+
+
+@pytest.mark.parametrize(("case", "overrides", "code", "expected"), CASES, ids=[case[0] for case in CASES])
+def test_bad_input_fails_with_a_clear_message_and_records_no_success(case, overrides, code, expected, store, tmp_path, capsys, monkeypatch):
+    if case in SETUP:
+        SETUP[case](tmp_path, monkeypatch)
+    args = [override.format(tmp=tmp_path) for override in overrides]
+    if not any(arg.startswith("hydra.run.dir=") for arg in args):
+        args.append(f"hydra.run.dir={tmp_path}/run")
+
+    assert cli(tmp_path, *SHORT, *args) == code
+
+    stderr = capsys.readouterr().err
+    for text in expected:
+        assert text.format(tmp=tmp_path) in stderr
+    if code == 2:  # bnrepro's own checks: exactly one line
+        assert [line for line in stderr.splitlines() if line.startswith("bnrepro: error:")] == [stderr.strip().splitlines()[-1]]
+    assert finished_runs(store) == []
+
+
+def test_disk_full_while_checkpointing_fails_the_run_and_keeps_the_previous_checkpoint(store, tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def full_after_step_20(state, file, *args, **kwargs):
+        if state["global_step"] > 20:
+            file.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        real_save(state, file, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_after_step_20)
+    code = cli(tmp_path, "trainer.max_steps=40", "callbacks.checkpoint.every_n_steps=20", *QUICK)
+    monkeypatch.undo()
+
+    assert code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith(f"bnrepro: error: could not write checkpoint {tmp_path}/run/checkpoints/")
+    assert "No space left on device" in last_line and "the previous checkpoint there is intact" in last_line
+    assert load_checkpoint(checkpoint_dir(tmp_path / "run") / LAST)["global_step"] == 20
+    client = MlflowClient(store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+
+
+def test_corrupt_checkpoint_on_resume_is_one_line(store, tmp_path, capsys):
+    folder = checkpoint_dir(tmp_path / "old")
+    folder.mkdir(parents=True)
+    (folder / LAST).write_bytes(b"PK\x03\x04 truncated zip")
+    assert cli(tmp_path, *SHORT, f"resume={tmp_path / 'old'}") == 2
+    assert f"bnrepro: error: checkpoint {folder / LAST} is unreadable" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+class UnreadableImages(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        raise DatasetError(f"unreadable image file img{index}.JPEG (OSError: truncated); fix or remove it, or set on_corrupt='skip'.")
+
+
+def test_dataset_error_raised_in_a_dataloader_worker_is_reported_as_its_own_one_line_message():
+    with pytest.raises(DatasetError) as caught:
+        next(iter(DataLoader(UnreadableImages(), batch_size=2, num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what the DataLoader re-raises in the main process
+    assert one_line(caught.value) == (
+        "unreadable image file img0.JPEG (OSError: truncated); fix or remove it, or set on_corrupt='skip'."
+    )
+
+
+def test_store_is_checked_before_any_data_is_read(tmp_path, capsys, monkeypatch):
+    corrupt_store(tmp_path, monkeypatch)
+    damaged = (tmp_path / "corrupt.db").read_bytes()
+    # a missing dataset would be reported first if data were read before the store was checked
+    assert cli(tmp_path, *SHORT, "data=mnist", f"data.data_dir={tmp_path}/absent", "data.download=false") == 2
+    assert "tracking store" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (tmp_path / "corrupt.db").read_bytes() == damaged  # untouched: still the user's file to inspect

@@ -1,0 +1,45 @@
+"""Divergence is a result (Sec. 4.2.1): the run stops at once, is tagged, and a sweep carries on."""
+
+from mlflow.tracking import MlflowClient
+
+from bnrepro.run import train
+from bnrepro.tracking import DIVERGED_STEP_TAG, FAILURE_TAG, OUTCOME_TAG, ROLE_TAG, JobInfo
+from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
+from conftest import QUICK, compose_config
+
+# ReLU units without BN at this learning rate overflow float32 within the first chunk: the loss is NaN/Inf.
+EXPLODING = ("model.net.activation=relu", "model.base_lr=1e12")
+
+
+def runs(store: str) -> list:
+    client = MlflowClient(store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_nan_loss_stops_the_run_at_once_finished_with_outcome_diverged(store):
+    final = train(compose_config("norm=none", *EXPLODING, "trainer.max_steps=200", *QUICK), JobInfo())
+    (run,) = runs(store)
+    step = int(run.data.tags[DIVERGED_STEP_TAG])
+    assert run.info.status == "FINISHED" and run.data.tags[OUTCOME_TAG] == "diverged"
+    assert step < 200 and final == {"diverged_step": float(step)}
+    assert "not finite" in run.data.tags[FAILURE_TAG]
+    losses = MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")
+    assert max(point.step for point in losses) <= step  # nothing trained after the divergence
+
+
+def test_loss_above_the_configured_bound_counts_as_diverged(store):
+    # A fresh 10-class network starts near ln(10) = 2.3, far above the bound: the first chunk stops it.
+    train(compose_config("callbacks.divergence.max_loss=0.01", "trainer.max_steps=100", *QUICK), JobInfo())
+    (run,) = runs(store)
+    assert run.data.tags[OUTCOME_TAG] == "diverged" and run.data.tags[DIVERGED_STEP_TAG] == "10"
+    assert "above the bound 0.01" in run.data.tags[FAILURE_TAG]
+
+
+def test_a_diverging_job_does_not_stop_its_sweep(store, tmp_path, capsys):
+    code = cli(tmp_path, "-m", "norm=none", "model.net.activation=relu", "model.base_lr=0.5,1e12", "trainer.max_steps=30", *QUICK)
+    assert code == 0
+    jobs = [r for r in runs(store) if r.data.tags[ROLE_TAG] == "job"]
+    (parent,) = [r for r in runs(store) if r.data.tags[ROLE_TAG] == "sweep"]
+    assert sorted(r.data.tags[OUTCOME_TAG] for r in jobs) == ["completed", "diverged"]
+    assert {r.info.status for r in jobs} == {"FINISHED"} and parent.info.status == "FINISHED"
+    assert "2 jobs: 2 run, 0 resumed, 0 skipped (already finished); 1 diverged" in capsys.readouterr().out

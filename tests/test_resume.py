@@ -1,0 +1,158 @@
+"""Resume a run: a CPU run stopped at step k and resumed ends exactly where an uninterrupted one does.
+
+Runs are in-process (`train` with Hydra-composed configs) to stay fast; the stop is a real SIGTERM
+that the process sends itself at a chosen step, handled by the same code as a pre-emption.
+"""
+
+import os
+import shutil
+import signal
+
+import lightning as L
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from bnrepro import run as run_module
+from bnrepro.callbacks.checkpointing import (
+    LAST,
+    CheckpointError,
+    checkpoint_dir,
+    load_checkpoint,
+    save_atomically,
+)
+from bnrepro.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.resume import ResumeError
+from bnrepro.run import train
+from bnrepro.tracking import FAILURE_TAG, OUTCOME_TAG, RESUMES_TAG, START_TAG, JobInfo
+from cli_inprocess import store_template, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
+from conftest import compose_config
+
+# Dropout draws from the torch RNG every step, so equality also proves the RNG state is restored.
+SETTINGS = (
+    "trainer.max_steps=60",
+    "trainer.eval_every_n_steps=20",
+    "trainer.log_every_n_steps=10",
+    "trainer.enable_progress_bar=false",
+    "trainer.deterministic=true",
+    "callbacks.checkpoint.every_n_steps=20",
+    "reg=dropout",
+    "optim.momentum=0.9",
+    "optim.decay_rate=0.5",
+    "optim.decay_every_steps=25",
+)
+METRICS = ("train/loss", "val/loss", "val/acc")
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def only_run_id(client: MlflowClient) -> str:
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return run.info.run_id
+
+
+class StopAtStep(GracefulStop):
+    """GracefulStop that, at `step`, does what a pre-empting scheduler (or Ctrl+C) does: signal this process.
+
+    action: "sigterm" or "sigint" (a real signal, handled like any other), or "crash" (an exception).
+    """
+
+    def __init__(self, step: int, action: str = "sigterm"):
+        self.step, self.action = step, action
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step and self.action in ("sigterm", "sigint"):
+            # deferred by GracefulStop: the stop happens at the next step boundary
+            os.kill(os.getpid(), signal.SIGTERM if self.action == "sigterm" else signal.SIGINT)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step and self.action == "crash":  # after step `step` was logged
+            raise RuntimeError(f"simulated crash at step {self.step}")
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, list[tuple[int, float]]]:
+    """The metric histories of the uninterrupted run (in a store of its own, shared by this module's tests)."""
+    folder = tmp_path_factory.mktemp("reference")
+    shutil.copyfile(store_template(), folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        train(compose_config(*SETTINGS), JobInfo(output_dir=str(folder / "run")))
+    client = MlflowClient(uri)
+    run_id = only_run_id(client)
+    return {key: history(client, run_id, key) for key in METRICS}
+
+
+def interrupted_run(tmp_path, step: int, action: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "GracefulStop", lambda: StopAtStep(step, action))
+        with interruptible(), pytest.raises(RuntimeError if action == "crash" else RunInterrupted):
+            train(compose_config(*SETTINGS), JobInfo(output_dir=str(tmp_path / "interrupted")))
+
+
+def test_sigterm_at_step_k_then_resume_ends_exactly_like_an_uninterrupted_run(store, tmp_path, reference):
+    expected = reference
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=30, action="sigterm")
+    run_id = only_run_id(client)
+    stopped = client.get_run(run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags[OUTCOME_TAG] == "interrupted"
+    assert "SIGTERM at step 30" in stopped.data.tags[FAILURE_TAG]  # the step boundary after the signal
+    assert load_checkpoint(checkpoint_dir(tmp_path / "interrupted") / LAST)["global_step"] == 30
+
+    final = train(compose_config(*SETTINGS, f"resume={run_id}"), JobInfo(output_dir=str(tmp_path / "resumed")))
+
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags[START_TAG] == "resumed"
+    assert resumed.data.tags[RESUMES_TAG] == "1"
+    assert {key: history(client, run_id, key) for key in METRICS} == expected  # every value, exactly
+    assert final["val/acc"] == expected["val/acc"][-1][1]
+
+
+def test_crash_after_checkpoint_resumes_without_duplicating_logged_steps(store, tmp_path, reference):
+    expected = reference
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=50, action="crash")  # last checkpoint: step 40
+    run_id = only_run_id(client)
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert history(client, run_id, "train/loss")[-1][0] == 50  # steps 41..50 reached the store
+
+    train(compose_config(*SETTINGS, "resume=" + str(tmp_path / "interrupted")), JobInfo(output_dir=str(tmp_path / "r")))
+
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {key: history(client, run_id, key) for key in METRICS} == expected  # no step logged twice
+
+
+def test_resume_with_a_different_configuration_names_the_differing_key(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: StopAtStep(20))
+    with interruptible(), pytest.raises(RunInterrupted):
+        train(compose_config(*SETTINGS), JobInfo(output_dir=str(tmp_path / "a")))
+    with pytest.raises(ResumeError, match=r"optim.lr_multiplier: 1.0 -> 5"):
+        train(compose_config(*SETTINGS, "optim=lr_x5", f"resume={tmp_path / 'a'}"), JobInfo(output_dir=str(tmp_path / "b")))
+
+
+def test_checkpoint_write_failure_keeps_the_previous_checkpoint_loadable(tmp_path):
+    path = tmp_path / "checkpoints" / LAST
+    save_atomically({"format": 1, "global_step": 20, "weights": torch.ones(3)}, path)
+
+    def disk_full(obj, file, *args, **kwargs):
+        file.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", disk_full)
+        with pytest.raises(CheckpointError, match=r"No space left on device.*previous checkpoint there is intact"):
+            save_atomically({"format": 1, "global_step": 40, "weights": torch.zeros(3)}, path)
+    assert load_checkpoint(path)["global_step"] == 20
+    assert [p.name for p in path.parent.iterdir()] == [LAST]  # no temporary file left behind
+
+
+def test_checkpoints_refuse_to_unpickle_code(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"format": 1, "payload": os.system}, path)  # loading this with pickle would import os.system
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
