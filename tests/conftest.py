@@ -39,5 +39,6 @@ def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: 
     dirs = [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides, *dirs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     # cwd=tmp_path: with a custom MLFLOW_TRACKING_URI, MLflow puts artifacts under ./mlruns of the cwd.
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
