@@ -111,3 +111,14 @@ def test_the_table_shows_the_papers_number_beside_ours_where_published():
     table = comparison_table(comparison_rows(groups, 0.72, published), 0.72)
     assert "| steps to 72.00% |" in table
     assert "200 ± 0 [200–200] (paper: 2.7e+06)" in table and "75.00 ± 0.00% [75.00–75.00] (paper: 74.8%)" in table
+
+
+def test_summary_lists_every_run_with_its_first_final_and_best_accuracy(sweep):
+    from bnrepro.report.runs import load_sweep
+    from bnrepro.report.summary import summary_table
+
+    uri, _ = sweep
+    lines = summary_table(load_sweep("mnist_fig1", uri=uri)).splitlines()
+    rows = [line.split() for line in lines[3:]]
+    assert sorted((row[0], row[1]) for row in rows) == [("norm=bn", "0"), ("norm=bn", "1"), ("norm=none", "0"), ("norm=none", "1")]
+    assert all(row[2] == "FINISHED" and row[3] == "200" and row[5] == "@50" for row in rows)

@@ -6,15 +6,17 @@ from bnrepro.report.runs import Sweep, SweepNotFound, group_by_configuration, lo
 
 
 def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
-    header = f"{'configuration':<50} {'seed':>4} {'outcome':<9} {'steps':>6} {'final ' + metric:>14} {'max ' + metric:>12}"
-    lines = [f"sweep {sweep.name} (parent run {sweep.parent_run_id})", header, "-" * len(header)]
+    """One line per run: its outcome, `metric` at the first evaluation (how fast it trains), at the end, and its best."""
+    header = f"{'configuration':<40} {'seed':>4} {'outcome':<9} {'steps':>6} {'first eval':>16} {'final':>8} {'max':>8}"
+    lines = [f"sweep {sweep.name} (parent run {sweep.parent_run_id}): {metric}", header, "-" * len(header)]
     for configuration, runs in group_by_configuration(sweep.runs).items():
         for run in sorted(runs, key=lambda r: r.seed):
             points = run.history.get(metric, [])
             steps = points[-1][0] if points else 0
+            first = f"{_percent(points[0][1])} @{points[0][0]}" if points else "-"
             lines.append(
-                f"{configuration:<50} {run.seed:>4} {run.outcome:<9} {steps:>6} "
-                f"{_percent(run.final(metric)):>14} {_percent(run.best(metric)):>12}"
+                f"{configuration:<40} {run.seed:>4} {run.outcome:<9} {steps:>6} {first:>16} "
+                f"{_percent(run.final(metric)):>8} {_percent(run.best(metric)):>8}"
             )
     return "\n".join(lines)
 
