@@ -8,8 +8,16 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS ?=
+DATA ?= mnist
+SEEDS ?= 0,1,2
+SWEEP ?= mnist_fig1
+IMAGENET_DIR ?= data/imagenet
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# data.data_dir=... only when a directory differs from its config default (keeps run names short)
+IMAGENET_DIR_ARG := $(if $(filter-out data/imagenet,$(IMAGENET_DIR)),data.data_dir=$(IMAGENET_DIR))
+FASHION_MNIST_DIR_ARG := $(if $(filter-out /usr/share/datasets/fashion-mnist,$(FASHION_MNIST_DIR)),data.data_dir=$(FASHION_MNIST_DIR))
 
-.PHONY: install test test-slow demo train ui clean
+.PHONY: install test test-slow demo train ui clean reproduce-mnist report reproduce-imagenet reproduce-proxy reproduce bench-inception bench
 
 install: $(STAMP)
 
@@ -38,5 +46,67 @@ train: $(STAMP)
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
 
+# An MLflow tracking server over the same SQLite store, for many parallel writers (e.g. a joblib or
+# submitit sweep): one process owns the database file. Binds to $(HOST) (127.0.0.1: this machine only);
+# point jobs at it with MLFLOW_TRACKING_URI=http://$(HOST):$(PORT). See README "When things go wrong".
+.PHONY: tracking-server
+tracking-server: $(STAMP)
+	$(VENV)/bin/mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/outputs/mlartifacts \
+		--host $(HOST) --port $(PORT)
+
 clean:
-	rm -rf outputs/runs outputs/multirun outputs/reports outputs/bench outputs/mlflow.db outputs/mlartifacts
+	rm -rf outputs/runs outputs/multirun outputs/reports outputs/bench outputs/mlflow.db outputs/mlflow.db.lock outputs/mlartifacts outputs/cache
+
+# The paper's Figure 1 experiment (sweeps/mnist_fig1.yaml): BN vs no BN, seeds $(SEEDS), 50,000 steps at
+# batch 60. Full MNIST by default; offline: `make reproduce-mnist DATA=mnist_mini`; more overrides in ARGS.
+reproduce-mnist: $(STAMP)
+	$(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
+
+# Figure 1(a,b,c), the comparison table and every claim's verdict for a sweep (default: the latest
+# mnist_fig1), written to outputs/reports/<sweep>/ and logged to the sweep's parent MLflow run.
+report: $(STAMP)
+	$(PY) -m bnrepro.report $(SWEEP)
+
+# The paper's Figure 3 on ImageNet (sweeps/imagenet_fig3.yaml): the five configurations and the paper's two
+# extra runs, one GPU per job, batch 32 per GPU, ImageNet in $(IMAGENET_DIR)/{train,val}/<wnid>/*.JPEG.
+# Then `make report SWEEP=imagenet_fig3`. Cost: README ("Figure 3 on ImageNet"); more overrides in ARGS.
+reproduce-imagenet: $(STAMP)
+	$(TRAIN) -m -cd sweeps -cn imagenet_fig3 $(IMAGENET_DIR_ARG) $(ARGS)
+
+# The CPU proxy of Figure 3 (sweeps/inception_proxy.yaml): the same seven configurations, width-0.25
+# BN-Inception on Fashion-MNIST at 32x32 (apt-get install dataset-fashion-mnist), 2 seeds, one intra-op
+# thread per job (2 threads on a busy 2-core machine run ~10x slower). Then `make report SWEEP=inception_proxy`.
+reproduce-proxy: $(STAMP)
+	OMP_NUM_THREADS=1 $(TRAIN) -m -cd sweeps -cn inception_proxy $(FASHION_MNIST_DIR_ARG) $(ARGS)
+
+# Every reproduction this machine can run, each followed by its report: MNIST (full MNIST when
+# data/MNIST/raw holds it, else the offline mnist_mini), the proxy (when Fashion-MNIST is installed) and
+# ImageNet (when $(IMAGENET_DIR) holds train/ and val/ and a CUDA GPU is present). Says what it skipped and why;
+# exits non-zero if a reproduction that ran failed.
+reproduce: $(STAMP)
+	@status=0; skipped=""; \
+	if ls data/MNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then mnist=mnist; else mnist=mnist_mini; \
+		echo "reproduce: full MNIST is not in data/MNIST/raw: MNIST runs on mnist_mini (5,000 offline digits)"; fi; \
+	$(MAKE) --no-print-directory reproduce-mnist DATA=$$mnist && $(MAKE) --no-print-directory report SWEEP=mnist_fig1 || status=1; \
+	if ls $(FASHION_MNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory reproduce-proxy && $(MAKE) --no-print-directory report SWEEP=inception_proxy || status=1; \
+	else skipped="$$skipped\n  proxy: Fashion-MNIST is not in $(FASHION_MNIST_DIR) (apt-get install dataset-fashion-mnist, or FASHION_MNIST_DIR=...)"; fi; \
+	if ! { test -d $(IMAGENET_DIR)/train && test -d $(IMAGENET_DIR)/val; }; then \
+		skipped="$$skipped\n  imagenet: no ImageNet in $(IMAGENET_DIR) (expected train/ and val/ class folders; set IMAGENET_DIR=...)"; \
+	elif ! $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		skipped="$$skipped\n  imagenet: no CUDA GPU on this machine (Figure 3 at full scale needs GPUs)"; \
+	else $(MAKE) --no-print-directory reproduce-imagenet && $(MAKE) --no-print-directory report SWEEP=imagenet_fig3 || status=1; fi; \
+	if [ -n "$$skipped" ]; then printf "reproduce: skipped$$skipped\n"; else echo "reproduce: skipped nothing"; fi; \
+	if [ $$status -ne 0 ]; then echo "reproduce: a reproduction or its report failed (see above)"; fi; \
+	exit $$status
+
+# Training images/s of BN-Inception on fake ImageNet (CUDA: bf16, channels_last, batch 256; CPU: batch 8,
+# a few steps), the CPU proxy's step time, and the real-JPEG loader's images/s: outputs/bench/inception.json.
+bench-inception: $(STAMP)
+	$(PY) benchmarks/bench_inception.py $(ARGS)
+
+# The framework against a hand-written PyTorch loop on mnist_fig1: per-step time ratio (norm=bn and none),
+# MLflow overhead, start-up to the first step, and a 4-job sweep serial vs joblib; a table, and JSON in
+# outputs/bench/ (benchmarks/README.md). QUICK=1: fewer steps (~3 min); options in ARGS (see --help).
+bench: $(STAMP)
+	$(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)

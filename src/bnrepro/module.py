@@ -4,16 +4,34 @@ It knows nothing of which network it trains. Training batches are chunks of K op
 (see `data.tensor_stream`): `training_step` takes K SGD steps under manual optimization, so the
 Trainer's fixed per-batch cost is paid once per K steps while `global_step` still counts every
 optimizer step. Metrics are logged against `global_step` (the optimizer step), never the chunk index.
+
+The per-step hot path does no host work: the training loss is summed on the device and written
+to the loggers once per logging interval (``trainer.log_every_n_steps`` chunks, i.e. that many
+times the chunk length in optimizer steps), as the mean over the interval, with one device sync.
+
+Each SGD step goes through Lightning (`manual_backward`, `LightningOptimizer.step`) only when that
+wrapping does something for the run: loss scaling (16-bit mixed precision), DDP gradient sync, or
+a callback or module hook that runs around every step (`plain_steps_suffice`, decided when
+training starts). Otherwise, as in the default single-device run, the step is the same plain
+``loss.backward(); optimizer.step()``, counted in `global_step` exactly as `LightningOptimizer.step`
+counts it, without Lightning's per-step hook dispatch, which costs about a tenth of a step of the
+small MNIST network (benchmarks/README.md).
 """
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnrepro.optim import SGDRecipe
+
+# Hooks Lightning runs around every optimizer step: implementing one routes steps through Lightning.
+PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class Classifier(L.LightningModule):
@@ -24,6 +42,10 @@ class Classifier(L.LightningModule):
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
         self.eval_loss = MeanMetric()
+        # The training loss since it was last logged: a device scalar and a step count (no sync per step).
+        self._loss_sum: Tensor | None = None
+        self._loss_steps = 0
+        self._plain_steps = False  # decided when training starts: see `plain_steps_suffice`
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -34,21 +56,50 @@ class Classifier(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        self._plain_steps = plain_steps_suffice(self.trainer)
+
     def training_step(self, chunk: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        loss_sum = torch.zeros((), device=self.device)
+        losses = []
         for inputs, targets in zip(*chunk):
             loss = F.cross_entropy(self.net(inputs), targets)
+            self._sgd_step(optimizer, loss)  # counts one optimizer step in global_step
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(loss.detach())
+        chunk_losses = torch.stack(losses)
+        self._accumulate_loss(chunk_losses)
+        return chunk_losses.mean()  # what callbacks see (e.g. divergence checks), once per chunk
+
+    def _sgd_step(self, optimizer, loss: Tensor) -> None:
+        if not self._plain_steps:
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.detach()
-        mean_loss = loss_sum / len(chunk[1])
-        # Logged every `log_every_n_steps` chunks by Lightning; converted to a float only then.
-        self.log_dict({"train/loss": mean_loss, "step": float(self.global_step)}, on_step=True, on_epoch=False)
-        return mean_loss
+            return
+        optimizer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.optimizer.step()
+        # What LightningOptimizer.step does to count the step (it is what global_step reads).
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def _accumulate_loss(self, chunk_losses: Tensor) -> None:
+        """Sum the chunk's losses on the device; at a logging boundary (or the last step) log their mean."""
+        total = chunk_losses.sum()
+        self._loss_sum = total if self._loss_sum is None else self._loss_sum + total
+        self._loss_steps += len(chunk_losses)
+        step, every = self.global_step, self.trainer.log_every_n_steps * len(chunk_losses)
+        crossed = every > 0 and step // every > (step - len(chunk_losses)) // every
+        if not (crossed or step == self.trainer.max_steps):
+            return
+        if self.loggers:
+            mean = float(self._loss_sum / self._loss_steps)  # the one host sync of the interval
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": mean}, step=step)
+        self._loss_sum, self._loss_steps = None, 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch)
@@ -77,3 +128,23 @@ class Classifier(L.LightningModule):
         # torchmetrics objects: Lightning computes (synced across ranks) and resets them at epoch end.
         self.log_dict(metrics)
         self.log("step", float(self.global_step))
+
+
+def plain_steps_suffice(trainer: L.Trainer) -> bool:
+    """True when Lightning's per-step wrapping would only call `loss.backward()` and `optimizer.step()`.
+
+    That is: one device (no DDP gradient sync to prepare), a precision without loss scaling, and no
+    callback or module implementing a hook that runs around every step. (Lightning refuses gradient
+    clipping by the Trainer under manual optimization, so there is none to apply.)
+    """
+    module, precision = trainer.lightning_module, trainer.precision_plugin
+    plain_precision = type(precision) in (Precision, HalfPrecision, DoublePrecision) or (
+        type(precision) is MixedPrecision and precision.scaler is None
+    )
+    module_hooks = (*PER_STEP_HOOKS, "backward")
+    return (
+        type(trainer.strategy) is SingleDeviceStrategy
+        and plain_precision
+        and not any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in PER_STEP_HOOKS)
+        and not any(is_overridden(hook, module, L.LightningModule) for hook in module_hooks)
+    )

@@ -77,7 +77,9 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> EvalBatches:
         # The paper plots *test* accuracy during training (Fig. 1a); evaluation uses the test split.
-        return EvalBatches(self.test_split.inputs, self.test_split.targets, self.eval_batch_size)
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return EvalBatches(self.test_split.inputs, self.test_split.targets, self.eval_batch_size, rank, world_size)
 
     def test_dataloader(self) -> EvalBatches:
         return self.val_dataloader()

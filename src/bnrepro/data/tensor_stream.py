@@ -10,7 +10,7 @@ on the training device and batches are taken by index:
   sees exactly the batches an uninterrupted one would. Each item is a *chunk* of ``K`` steps,
   shape (K, B, ...), so the Trainer's per-batch overhead is paid once per K optimizer steps.
 * Under DDP every rank takes a disjoint, equally long shard of the same epoch permutation.
-* `EvalBatches` walks an evaluation split in large batches, in order.
+* `EvalBatches` walks an evaluation split in large batches, in order (under DDP, each rank its own block).
 """
 
 from collections.abc import Callable, Iterator
@@ -67,7 +67,9 @@ class StepStream:
             count = min(self.steps_per_batch, end - step)
             index = self.chunk_indices(step, count)
             shape = (count, self.batch_size)
-            yield self.inputs[index].view(*shape, *self.inputs.shape[1:]), self.targets[index].view(shape)
+            # index_select copies whole rows; on the CPU it is several times faster than inputs[index].
+            inputs = self.inputs.index_select(0, index).view(*shape, *self.inputs.shape[1:])
+            yield inputs, self.targets.index_select(0, index).view(shape)
             step += count
 
     def chunk_indices(self, step: int, count: int) -> Tensor:
@@ -90,10 +92,16 @@ class StepStream:
 
 
 class EvalBatches:
-    """An evaluation split in order, `batch_size` samples at a time (the last batch may be short)."""
+    """An evaluation split in order, `batch_size` samples at a time (the last batch may be short).
 
-    def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int):
-        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
+    Under DDP each rank walks its own contiguous block of the split (block sizes differ by at most
+    one sample), so every sample is evaluated exactly once over all ranks; the metrics' sync at the
+    end of evaluation then gives the value on the whole split.
+    """
+
+    def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int, rank: int = 0, world_size: int = 1):
+        start, stop = rank_block(len(targets), rank, world_size)
+        self.inputs, self.targets, self.batch_size = inputs[start:stop], targets[start:stop], batch_size
 
     def __len__(self) -> int:
         return -(-len(self.targets) // self.batch_size)
@@ -102,3 +110,8 @@ class EvalBatches:
         for start in range(0, len(self.targets), self.batch_size):
             stop = start + self.batch_size
             yield self.inputs[start:stop], self.targets[start:stop]
+
+
+def rank_block(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of `rank`'s contiguous block when `num_samples` are split as evenly as possible."""
+    return rank * num_samples // world_size, (rank + 1) * num_samples // world_size

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`, `make bench-inception`); not part of the `bnrepro` package."""
