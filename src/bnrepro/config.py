@@ -123,39 +123,41 @@ class FashionMNISTData(InMemoryData):
 
 
 @dataclass
-class ImageNetData:
-    """ILSVRC-2012 from data_dir/{train,val}/<wnid>/*.JPEG (Sec. 4.2). DataLoader-based: one step per batch."""
+class ImageBatchData:
+    """What every DataLoader-fed image data module takes: one optimizer step per batch."""
 
-    _target_: str = "bnrepro.data.imagenet.ImageNetDataModule"
-    data_dir: str = "data/imagenet"
+    _target_: str = MISSING
+    image_size: int = 224
     batch_size: int = 32  # per device: the paper's 32 per replica
     eval_batch_size: Optional[int] = None  # None: batch_size
     num_workers: int = 8
     pin_memory: bool = True
-    image_size: int = 224
-    photometric: str = "full"  # "full" | "reduced" (Sec. 4.2.1) | "none"
     channels_last: bool = False
-    on_corrupt: str = "fail"  # "fail" | "skip"
     drop_last: bool = True
 
 
 @dataclass
-class FakeImageNetData:
+class ImageNetData(ImageBatchData):
+    """ILSVRC-2012 from data_dir/{train,val}/<wnid>/*.JPEG (Sec. 4.2)."""
+
+    _target_: str = "bnrepro.data.imagenet.ImageNetDataModule"
+    data_dir: str = "data/imagenet"
+    photometric: str = "full"  # "full" | "reduced" (Sec. 4.2.1) | "none"
+    on_corrupt: str = "fail"  # "fail" | "skip"
+
+
+@dataclass
+class FakeImageNetData(ImageBatchData):
     """Synthetic ImageNet-shaped tensors, same batch format as ImageNetData: pipeline tests and benchmarks."""
 
     _target_: str = "bnrepro.data.imagenet.FakeImageNetDataModule"
     num_classes: int = 1000
-    image_size: int = 224
     train_size: int = 10_000
     val_size: int = 1_000
-    batch_size: int = 32  # per device
-    eval_batch_size: Optional[int] = None
     num_workers: int = 0
     pin_memory: bool = False
-    channels_last: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
     class_signal: float = 1.0
-    drop_last: bool = True
 
 
 # --- trainer, logger ---------------------------------------------------------------------------
