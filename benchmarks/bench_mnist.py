@@ -48,6 +48,7 @@ OUT = ROOT / "outputs" / "bench"
 PY = sys.executable
 EXPERIMENT = "experiment=mnist_fig1"
 FULL_STEPS = 50_000  # the paper's Fig. 1 run length
+SWEEP_STEPS = 20_000  # steps per job of the full sweep measurement
 
 TARGETS = {
     "per_step_ratio": 1.10,  # framework / hand-written, per norm
@@ -202,15 +203,22 @@ def mlflow_overhead(bench: Bench, steps: int, reps: int) -> dict:
     def overhead(attribute: str) -> float:
         return statistics.median(getattr(s, attribute) for s in tracked) / statistics.median(getattr(s, attribute) for s in none) - 1
 
-    return {
+    result = {
         "steps": steps,
         "repetitions": reps,
         "training_loop_overhead": overhead("loop"),
         "training_loop_cpu_overhead": overhead("cpu_us_per_step"),
         "whole_process_overhead": overhead("wall"),
         "startup_extra_seconds": statistics.median(s.startup for s in tracked) - statistics.median(s.startup for s in none),
+        # after training: final evaluation, closing the run (flush, tags, status), process exit
+        "close_extra_seconds": statistics.median(s.wall - s.startup - s.loop for s in tracked)
+        - statistics.median(s.wall - s.startup - s.loop for s in none),
+        "wall_none_seconds": statistics.median(s.wall for s in none),
         "samples": [asdict(s) for s in samples],
     }
+    fixed = (result["startup_extra_seconds"] + result["close_extra_seconds"]) / result["wall_none_seconds"]
+    result["fixed_overhead"] = fixed
+    return result
 
 
 def startup(per_step_results: dict, mlflow_results: dict) -> dict:
@@ -303,7 +311,8 @@ def table(report: dict) -> str:
         rows.append(
             (
                 f"MLflow overhead, whole process ({r['steps']} steps x {r['repetitions']})",
-                f"{100 * r['whole_process_overhead']:+.1f} % (start-up {r['startup_extra_seconds']:+.2f} s)",
+                f"{100 * r['whole_process_overhead']:+.1f} % (fixed: start-up {r['startup_extra_seconds']:+.2f} s, "
+                f"close {r['close_extra_seconds']:+.2f} s = {100 * r['fixed_overhead']:+.1f} %)",
                 f"<= {100 * TARGETS['mlflow_overhead']:.0f} %",
                 _verdict(r["whole_process_overhead"], TARGETS["mlflow_overhead"]) if full else f"n/a: not {FULL_STEPS} steps",
             )
@@ -336,7 +345,8 @@ def table(report: dict) -> str:
                 f"4-job sweep ({r['steps_per_job']} steps/job x {r['repetitions']})",
                 f"serial {r['serial_seconds']:.1f} s, parallel {r['parallel_seconds']:.1f} s: ratio {r['ratio']:.3f}",
                 f"<= {TARGETS['sweep_ratio']:.2f}",
-                _verdict(r["ratio"], TARGETS["sweep_ratio"]),
+                # Each parallel worker imports the stack once: the target is for jobs of real length.
+                _verdict(r["ratio"], TARGETS["sweep_ratio"]) if r["steps_per_job"] >= SWEEP_STEPS else f"n/a: < {SWEEP_STEPS} steps/job",
             )
         )
     if "gpu_full_run" in report:
@@ -415,8 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions of each side (default 3, quick 2)")
     parser.add_argument("--norms", default="bn,none", help="norm options for the per-step comparison")
     parser.add_argument("--mlflow-steps", type=int, help=f"steps of the MLflow overhead runs (default {FULL_STEPS}, quick 2000)")
-    parser.add_argument("--mlflow-reps", type=int, help="repetitions of the logger=none/mlflow pair (default 2, quick 1)")
-    parser.add_argument("--sweep-steps", type=int, help="steps per job of the 4-job sweep (default 20000, quick 2000)")
+    parser.add_argument("--mlflow-reps", type=int, help="repetitions of the logger=none/mlflow pair (default 1)")
+    parser.add_argument("--sweep-steps", type=int, help=f"steps per job of the 4-job sweep (default {SWEEP_STEPS}, quick 2000)")
     parser.add_argument("--sweep-reps", type=int, help="repetitions of the serial/parallel sweep pair (default 1)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: torch's default)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: per_step,mlflow,sweep")
@@ -425,8 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = args.steps or (2000 if args.quick else 10_000)
     args.reps = args.reps or (2 if args.quick else 3)
     args.mlflow_steps = args.mlflow_steps or (2000 if args.quick else FULL_STEPS)
-    args.mlflow_reps = args.mlflow_reps or (1 if args.quick else 2)
-    args.sweep_steps = args.sweep_steps or (2000 if args.quick else 20_000)
+    args.mlflow_reps = args.mlflow_reps or 1
+    args.sweep_steps = args.sweep_steps or (2000 if args.quick else SWEEP_STEPS)
     args.sweep_reps = args.sweep_reps or 1
     return args
 
@@ -461,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     if not bench.cuda:
         report["notes"].append("no CUDA device: the GPU figures (50,000 steps <= 15 s, compile) were not measured")
+    mlflow = report.get("mlflow")
+    if mlflow and mlflow["fixed_overhead"] > TARGETS["mlflow_overhead"] >= mlflow["whole_process_overhead"]:
+        report["notes"].append(
+            "MLflow: the fixed start-up and closing costs alone exceed the target; the whole-process figure "
+            "below it is within the noise of the training loop (run more --mlflow-reps on a quiet machine)"
+        )
     for norm, r in report.get("per_step", {}).items():
         if r["same_result"] is False:
             report["notes"].append(f"norm={norm}: hand-written and framework runs ended with different test accuracy")
