@@ -109,7 +109,8 @@ bench-inception: $(STAMP)
 	$(PY) benchmarks/bench_inception.py $(ARGS)
 
 # The framework against a hand-written PyTorch loop on mnist_fig1: per-step time ratio (norm=bn and none),
-# MLflow overhead, start-up to the first step, and a 4-job sweep serial vs joblib; a table, and JSON in
-# outputs/bench/ (benchmarks/README.md). QUICK=1: fewer steps (~3 min); options in ARGS (see --help).
+# MLflow overhead, start-up to the first step, and a 4-job sweep serial vs parallel (joblib); a table, and
+# JSON in outputs/bench/ (benchmarks/README.md). Both sides run with the thread setting of reproduce-mnist.
+# ~8 min on 2 quiet cores; QUICK=1: fewer steps (~2 min); options in ARGS (see --help).
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)
+	$(SMALL_NET) $(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)

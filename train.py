@@ -4,13 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 from bnrepro.config import register_configs
-from bnrepro.run import main
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def train(cfg: DictConfig) -> dict[str, float]:
+    # torch and Lightning load only once the config has composed: a mistyped option fails in a second.
+    from bnrepro.run import main
+
     return main(cfg)
 
 

@@ -1,8 +1,8 @@
 """`make bench`: the framework against a hand-written PyTorch loop on the paper's MNIST experiment.
 
 Every measurement runs a fresh process, so both sides pay the same process settings (same Python,
-same environment, same torch thread count: `--threads` sets OMP_NUM_THREADS for every process,
-otherwise torch's default applies to both). Four measurements:
+same environment, same torch thread count: the inherited OMP_NUM_THREADS, which `make bench` sets
+to 1 as `make reproduce-mnist` does, or `--threads N`). Four measurements:
 
 1. Per-step time, A/B alternated (hand-written, framework, hand-written, ...): `hand_loop.py` vs
    `train.py experiment=mnist_fig1 norm=<bn|none> logger=none` with everything else at its default
@@ -25,8 +25,9 @@ time of the full 50,000-step run is recorded as well.
 Results: a table on stdout and JSON under outputs/bench/ (bench-<time>.json and latest.json).
 Timing targets are checked and printed here, never asserted in the test suite.
 
-    python benchmarks/bench_mnist.py            # full: ~8 min on 2 quiet cores
-    python benchmarks/bench_mnist.py --quick    # ~2 min: fewer steps and repetitions
+    make bench                                  # full: ~8 min on 2 quiet cores
+    make bench QUICK=1                          # ~2 min: fewer steps and repetitions
+    python benchmarks/bench_mnist.py --threads 1 --steps 50000 --skip mlflow,sweep
 """
 
 import argparse
@@ -131,14 +132,14 @@ class Bench:
         command = [PY, "benchmarks/hand_loop.py", "--out", str(clock), "--device", self.device, *self.experiment(norm, steps)]
         return self._timed("hand", norm, command, clock)
 
-    def framework(self, norm: str, steps: int, logger: str = "none") -> Sample:
+    def framework(self, norm: str, steps: int, logger: str = "none", extra: tuple[str, ...] = ()) -> Sample:
         clock = self.work / f"clock-{self.counter}.json"
         command = [
-            PY, "train.py", *self.experiment(norm, steps), f"logger={logger}", "rerun=true",
+            PY, "train.py", *self.experiment(norm, steps), f"logger={logger}", "rerun=true", *extra,
             f"hydra.run.dir={self.work / 'runs' / str(self.counter)}",
             "+callbacks.bench_clock._target_=benchmarks.clock.TrainClock", f"+callbacks.bench_clock.path={clock}",
         ]
-        sample = self._timed("framework", f"{norm} logger={logger}", command, clock)
+        sample = self._timed("framework", " ".join([norm, f"logger={logger}", *extra]), command, clock)
         shutil.rmtree(self.work / "runs", ignore_errors=True)  # checkpoints of this run
         return sample
 
@@ -237,14 +238,16 @@ import json, time
 start = time.time(); import torch
 after_torch = time.time(); import lightning
 after_lightning = time.time(); import bnrepro.run
+after_ours = time.time(); import mlflow.tracking
 done = time.time()
 print(json.dumps({"torch": after_torch - start, "lightning (after torch)": after_lightning - after_torch,
-                  "bnrepro.run (after lightning)": done - after_lightning, "total": done - start}))
+                  "bnrepro.run (after lightning)": after_ours - after_lightning, "total": after_ours - start,
+                  "mlflow (logger=mlflow only)": done - after_ours}))
 """
 
 
 def import_times(bench: Bench, reps: int = 2) -> dict:
-    """Seconds to import torch, then lightning, then bnrepro.run (hydra, our code), median of fresh processes."""
+    """Seconds to import torch, then lightning, then bnrepro.run (hydra, our code), then MLflow, median of fresh processes."""
     runs = []
     for _ in range(reps):
         result = subprocess.run([PY, "-c", IMPORTS], cwd=ROOT, env=bench.env, capture_output=True, text=True, check=True)
@@ -271,8 +274,17 @@ def sweeps(bench: Bench, steps: int, reps: int) -> dict:
 
 
 def gpu_full_run(bench: Bench) -> dict:
-    sample = bench.framework("bn", FULL_STEPS, logger="mlflow")
-    return {"steps": FULL_STEPS, "end_to_end_seconds": sample.wall, "us_per_step": sample.us_per_step, "sample": asdict(sample)}
+    """The 50,000-step run end to end as a user runs it (logger=mlflow), eager and with trainer.compile=true."""
+    eager = bench.framework("bn", FULL_STEPS, logger="mlflow")
+    result = {"steps": FULL_STEPS, "end_to_end_seconds": eager.wall, "us_per_step": eager.us_per_step, "sample": asdict(eager)}
+    compiled = bench.framework("bn", FULL_STEPS, logger="mlflow", extra=("trainer.compile=true",))
+    # End to end, so the one-off compile (inside the first steps) counts against the compiled run.
+    result["compiled"] = {
+        "end_to_end_seconds": compiled.wall,
+        "speedup": eager.wall / compiled.wall,
+        "sample": asdict(compiled),
+    }
+    return result
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -314,7 +326,10 @@ def table(report: dict) -> str:
                 f"{100 * r['whole_process_overhead']:+.1f} % (fixed: start-up {r['startup_extra_seconds']:+.2f} s, "
                 f"close {r['close_extra_seconds']:+.2f} s = {100 * r['fixed_overhead']:+.1f} %)",
                 f"<= {100 * TARGETS['mlflow_overhead']:.0f} %",
-                _verdict(r["whole_process_overhead"], TARGETS["mlflow_overhead"]) if full else f"n/a: not {FULL_STEPS} steps",
+                # The fixed costs are systematic; the loop's share is noisy: pass only if both are within target.
+                _verdict(max(r["whole_process_overhead"], r["fixed_overhead"]), TARGETS["mlflow_overhead"])
+                if full
+                else f"n/a: not {FULL_STEPS} steps",
             )
         )
         rows.append(
@@ -359,6 +374,15 @@ def table(report: dict) -> str:
                 _verdict(r["end_to_end_seconds"], TARGETS["gpu_full_run_seconds"]),
             )
         )
+        compiled = r["compiled"]
+        rows.append(
+            (
+                "GPU: compile=true vs eager, end to end",
+                f"{compiled['end_to_end_seconds']:.1f} vs {r['end_to_end_seconds']:.1f} s: {compiled['speedup']:.2f}x",
+                ">= 1.00x",
+                _verdict(1 / compiled["speedup"], 1.0),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = ("measurement", "result", "target", "")
     widths = [max(w, len(h)) for w, h in zip(widths, header)]
@@ -368,6 +392,9 @@ def table(report: dict) -> str:
         imports = report["startup"]["imports"]
         parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in imports.items() if name != "total")
         lines.append(f"  start-up includes importing the stack: {imports['total']:.2f} s ({parts})")
+        if "logger=none" in report["startup"]:  # what is left for composing the config, the data, network and Trainer
+            rest = report["startup"]["logger=none"] - imports["total"]
+            lines.append(f"  start-up beyond those imports (logger=none): {rest:.2f} s")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)
@@ -428,7 +455,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mlflow-reps", type=int, help="repetitions of the logger=none/mlflow pair (default 1)")
     parser.add_argument("--sweep-steps", type=int, help=f"steps per job of the 4-job sweep (default {SWEEP_STEPS}, quick 2000)")
     parser.add_argument("--sweep-reps", type=int, help="repetitions of the serial/parallel sweep pair (default 1)")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: torch's default)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: inherited)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: per_step,mlflow,sweep")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")
     args = parser.parse_args(argv)
@@ -454,7 +481,13 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "notes": [],
     }
-    print(f"bnrepro benchmark: device {bench.device}, {args.steps} steps x {args.reps} per side; logs in {bench.logs}", flush=True)
+    plan = {
+        "per_step": f"per-step {args.steps} steps x {args.reps} per side",
+        "mlflow": f"MLflow {args.mlflow_steps} steps x {args.mlflow_reps}",
+        "sweep": f"sweep {args.sweep_steps} steps/job x {args.sweep_reps}",
+    }
+    parts = "; ".join(text for part, text in plan.items() if part not in skip)
+    print(f"bnrepro benchmark: device {bench.device}; {parts}; logs in {bench.logs}", flush=True)
     try:
         if "per_step" not in skip:
             report["per_step"] = per_step(bench, args.steps, args.reps, args.norms.split(","))
@@ -474,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     mlflow = report.get("mlflow")
     if mlflow and mlflow["fixed_overhead"] > TARGETS["mlflow_overhead"] >= mlflow["whole_process_overhead"]:
         report["notes"].append(
-            "MLflow: the fixed start-up and closing costs alone exceed the target; the whole-process figure "
-            "below it is within the noise of the training loop (run more --mlflow-reps on a quiet machine)"
+            "MLflow: the fixed start-up and closing costs alone exceed the target (verdict FAIL); the lower "
+            "whole-process figure comes from noise in the training loop"
         )
     for norm, r in report.get("per_step", {}).items():
         if r["same_result"] is False:

@@ -60,3 +60,10 @@ def test_logger_none_writes_nothing(store):
     train(compose_config("trainer.max_steps=10", "logger=none", *QUICK), JobInfo())
     client = MlflowClient(store)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+@pytest.mark.slow  # torch.compile takes tens of seconds on CPU
+def test_compiled_network_trains_like_the_eager_one(store):
+    eager = train(compose_config("trainer.max_steps=20", "logger=none", *QUICK), JobInfo())
+    compiled = train(compose_config("trainer.max_steps=20", "logger=none", "trainer.compile=true", *QUICK), JobInfo())
+    assert compiled == pytest.approx(eager, rel=1e-4)

@@ -173,6 +173,9 @@ class TrainerConfig:
     log_every_n_steps: int = 100
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # torch.compile the network in place (state_dict keys unchanged): a one-off compile of tens of
+    # seconds; pays off on a GPU, not for the MNIST net on CPU (benchmarks/README.md).
+    compile: bool = False
 
 
 @dataclass

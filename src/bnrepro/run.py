@@ -125,6 +125,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
             net = convert_sync_batchnorm(net, trainer.strategy.root_device.type)
         if cfg.data.get("channels_last", False):  # the data arrives NHWC-strided: keep the convs in that layout
             net = net.to(memory_format=torch.channels_last)
+        if cfg.trainer.compile:
+            net.compile()  # in place: checkpoints and diagnostics see the same module names
         module = Classifier(net, recipe(cfg.optim), datamodule.num_classes)
         run.log_params(
             {
