@@ -1,9 +1,13 @@
 """Train one configuration, or sweep many with -m: `python train.py -m norm=bn,none optim=lr_x5,lr_x30`."""
 
-import hydra
-from omegaconf import DictConfig
+from bnrepro import fast_exit
 
-from bnrepro.config import register_configs
+fast_exit.install()  # first, so it runs after every other exit handler (see bnrepro.fast_exit)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from bnrepro.config import register_configs  # noqa: E402
 
 register_configs()
 
@@ -17,4 +21,4 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    train()
+    fast_exit.run(train)
