@@ -174,7 +174,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     # torch.compile the network in place (state_dict keys unchanged): a one-off compile of tens of
-    # seconds; pays off on a GPU, not for the MNIST net on CPU (benchmarks/README.md).
+    # seconds; no faster for the MNIST net on CPU; `make bench` compares it with eager on CUDA.
     compile: bool = False
 
 
