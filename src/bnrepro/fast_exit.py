@@ -1,7 +1,7 @@
 """End the `train.py` process without the interpreter's teardown, once everything has been closed.
 
 After importing torch and Lightning, Python's own finalization (freeing the module graph of torch,
-dynamo, sympy, ...) takes about 1.4 s on a 2-core machine, longer than a 1,000-step MNIST run, and
+dynamo, sympy, ...) takes about 1.4 s on a 2-core machine, as long as a 1,000-step MNIST run, and
 does nothing a user can observe: by then the job has closed its MLflow run and checkpoints and the
 ranks it started. So `install` registers an exit handler *first*: atexit handlers run in reverse
 order, so it runs after every other one (logging's flush, MLflow's, multiprocessing's and joblib's

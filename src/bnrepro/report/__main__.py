@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from bnrepro.report.claims import CLAIMS_FILE, ClaimsFileError, Registry, Result, evaluate, load_claims, unusable_reason
+from bnrepro.report.claims import CLAIMS_FILE, ClaimsFileError, Result, evaluate, load_claims, unusable_reason
 from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_unit
-from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep
+from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep, numeric_order
 from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
 
 REPORTS_DIR = Path("outputs/reports")
@@ -48,10 +48,10 @@ def write_report(
     figures_bc, note = distribution_figures(groups, out_dir, about)
     figures.update(figures_bc)
     notes += [note] if note else []
-    target, rule = table_target(registry, results, groups)
+    target, rule = table_target(results, groups)
     rows = comparison_rows(groups, target, registry.published)
-    (out_dir / "report.md").write_text(report_markdown(sweep, rows, target, rule, results, figures, notes))
-    (out_dir / "claims.json").write_text(json.dumps(claims_document(sweep, registry, results, claims_file), indent=2) + "\n")
+    (out_dir / "report.md").write_text(report_markdown(sweep, about, rows, target, rule, results, figures, notes))
+    (out_dir / "claims.json").write_text(json.dumps(claims_document(sweep, about, results, claims_file), indent=2) + "\n")
     if upload:
         from bnrepro.tracking import log_report  # writing to MLflow happens in tracking.py only
 
@@ -63,28 +63,31 @@ def distribution_figures(groups: dict[str, list[RunRecord]], out_dir: Path, abou
     """Fig. 1(b) and 1(c): the lowest seed's typical unit, in the first configuration without and with BN."""
     panels, names = [], []
     for norm, name, caption in (("none", "fig1b", "(b) without BN"), ("bn", "fig1c", "(c) with BN")):
-        run = _first_run_with_diagnostics([run for label, runs in groups.items() for run in runs if run.tags.get("norm") == norm])
-        if run is None:
+        chosen = _first_run_with_diagnostics([run for runs in groups.values() for run in runs if run.tags.get("norm") == norm])
+        if chosen is None:
             return {}, f"Figure 1(b, c) not drawn: the sweep has no usable run with norm={norm} that logged diag/ metrics."
-        unit = typical_unit(run)
+        run, unit = chosen
         panels.append((run, unit, f"{caption}: unit {unit}, seed {run.seed}\n{about['data']}, {about['max_steps']} steps"))
         names.append(name)
     percentile_figures(panels, [out_dir / f"{name}.png" for name in names])
     return {name: f"{name}.png" for name in names}, None
 
 
-def _first_run_with_diagnostics(runs: list[RunRecord]) -> RunRecord | None:
-    usable = [run for run in runs if unusable_reason(run) is None and typical_unit(run) is not None]
-    return min(usable, key=lambda run: (len(run.seed), run.seed), default=None)
+def _first_run_with_diagnostics(runs: list[RunRecord]) -> tuple[RunRecord, str] | None:
+    """The lowest-seed usable run that logged diagnostics, with its typical unit."""
+    for run in sorted(runs, key=lambda run: numeric_order(run.seed)):
+        if unusable_reason(run) is None and (unit := typical_unit(run)) is not None:
+            return run, unit
+    return None
 
 
-def claims_document(sweep: Sweep, registry: Registry, results: list[Result], claims_file: Path | str) -> dict:
+def claims_document(sweep: Sweep, about: dict[str, str], results: list[Result], claims_file: Path | str) -> dict:
     return {
         "sweep": sweep.name,
         "sweep_id": sweep.sweep_id,
         "parent_run_id": sweep.parent_run_id,
         "claims_file": str(claims_file),
-        "provenance": provenance(sweep),
+        "provenance": about,
         "verdicts": {result.claim.id: result.verdict.value for result in results},
         "claims": [result.to_dict() for result in results],
     }

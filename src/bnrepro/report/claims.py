@@ -20,6 +20,7 @@ is unusable for every comparison except `diverges`, for which divergence is the 
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,11 +29,10 @@ from typing import Any
 
 import yaml
 
-from bnrepro.report.runs import RunRecord, configuration_of
+from bnrepro.report.runs import RunRecord, configuration_of, numeric_order
+from bnrepro.tracking import FAILURE_TAG
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
-OUTCOME_TAG = "bnrepro.outcome"
-FAILURE_TAG = "bnrepro.failure"
 
 
 class ClaimsFileError(ValueError):
@@ -227,7 +227,7 @@ def selector_label(selector: dict[str, Any]) -> str:
 
 
 def is_diverged(run: RunRecord) -> bool:
-    return run.tags.get(OUTCOME_TAG) == "diverged"
+    return run.outcome == "diverged"
 
 
 def unusable_reason(run: RunRecord) -> str | None:
@@ -241,18 +241,20 @@ def unusable_reason(run: RunRecord) -> str | None:
 
 
 # --- statistics of one run ---------------------------------------------------------------------
+def _series_name(metric: dict) -> str:
+    return metric.get("series", "val/acc")
+
+
 def _series(run: RunRecord, metric: dict) -> list[tuple[int, float]]:
-    return run.history.get(metric.get("series", "val/acc"), [])
+    return run.history.get(_series_name(metric), [])
 
 
 def final_value(run: RunRecord, metric: dict) -> float | None:
-    points = _series(run, metric)
-    return points[-1][1] if points else None
+    return run.final(_series_name(metric))
 
 
 def max_value(run: RunRecord, metric: dict) -> float | None:
-    points = _series(run, metric)
-    return max(value for _, value in points) if points else None
+    return run.best(_series_name(metric))
 
 
 def min_value(run: RunRecord, metric: dict) -> float | None:
@@ -351,7 +353,7 @@ class Group:
 
     @property
     def seeds(self) -> list[str]:
-        return sorted({run.seed for run in self.runs if run.run_id in self.values}, key=lambda seed: (len(seed), seed))
+        return sorted({run.seed for run in self.runs if run.run_id in self.values}, key=numeric_order)
 
     def to_dict(self) -> dict:
         return {
@@ -579,7 +581,7 @@ def measure(group: Group, metric: dict) -> None:
         reason = unusable_reason(run)
         value = None if reason else statistic(run, metric)
         if reason is None and value is None:
-            logged = "diag/ metrics" if metric["statistic"] == "percentile_drift" else metric.get("series", "val/acc")
+            logged = "diag/ metrics" if metric["statistic"] == "percentile_drift" else _series_name(metric)
             reason = f"{logged} not logged"
         elif reason is None and math.isnan(value):
             reason = "statistic is NaN"
@@ -607,15 +609,8 @@ def _require_seeds(claim: Claim, groups: list[Group]) -> None:
         reasons = sorted(set(group.excluded.values()))
         if count == 0 and reasons == ["diverged"]:
             raise NotRun(f"diverged: every run of {group.label} diverged ({len(group.runs)} runs)")
-        left_out = f"; left out: {', '.join(f'{n} {r}' for r, n in _counts(group.excluded.values()))}" if reasons else ""
+        left_out = f"; left out: {', '.join(f'{n} {r}' for r, n in sorted(Counter(group.excluded.values()).items()))}" if reasons else ""
         raise NotRun(f"too few seeds: {group.label} has {count} usable seed(s), the claim needs {claim.min_seeds}{left_out}")
-
-
-def _counts(reasons) -> list[tuple[str, int]]:
-    tally: dict[str, int] = {}
-    for reason in reasons:
-        tally[reason] = tally.get(reason, 0) + 1
-    return sorted(tally.items())
 
 
 def resolve_target(metric: dict, pool: Sequence[RunRecord], configurations: Sequence[dict] = ()) -> float:

@@ -10,6 +10,11 @@ class SweepNotFound(LookupError):
     """No sweep with that name, id or parent run id is in the store."""
 
 
+def numeric_order(text: str) -> tuple[int, str]:
+    """Sort key putting numbers written as text in numeric order ("2" before "10"): seeds, steps."""
+    return len(text), text
+
+
 @dataclass
 class RunRecord:
     run_id: str

@@ -3,6 +3,7 @@
 import sys
 
 from bnrepro.report.runs import Sweep, SweepNotFound, group_by_configuration, load_sweep
+from bnrepro.report.tables import percent_or_dash
 
 
 def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
@@ -13,16 +14,12 @@ def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
         for run in sorted(runs, key=lambda r: r.seed):
             points = run.history.get(metric, [])
             steps = points[-1][0] if points else 0
-            first = f"{_percent(points[0][1])} @{points[0][0]}" if points else "-"
+            first = f"{percent_or_dash(points[0][1])} @{points[0][0]}" if points else "-"
             lines.append(
                 f"{configuration:<40} {run.seed:>4} {run.outcome:<9} {steps:>6} {first:>16} "
-                f"{_percent(run.final(metric)):>8} {_percent(run.best(metric)):>8}"
+                f"{percent_or_dash(run.final(metric)):>8} {percent_or_dash(run.best(metric)):>8}"
             )
     return "\n".join(lines)
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def main(argv: list[str]) -> int:

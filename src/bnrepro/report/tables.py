@@ -9,8 +9,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bnrepro.report.claims import Aggregate, Published, Registry, Result, matches, steps_to_reach, unusable_reason
-from bnrepro.report.runs import RunRecord, Sweep
+from bnrepro.report.claims import Aggregate, Published, Result, matches, steps_to_reach, unusable_reason
+from bnrepro.report.runs import RunRecord, Sweep, numeric_order
 
 ACCURACY = "val/acc"
 DEFAULT_TARGET_FRACTION = 0.98  # without a steps_to_reach claim: 98% of the lowest configuration's mean final accuracy
@@ -25,11 +25,10 @@ class Row:
     max_acc: Aggregate | None = None
     final_acc: Aggregate | None = None
     published: dict[str, float] = field(default_factory=dict)
-    published_source: str = ""
 
     @property
     def seeds(self) -> list[str]:
-        return sorted({run.seed for run in self.usable}, key=lambda s: (len(s), s))
+        return sorted({run.seed for run in self.usable}, key=numeric_order)
 
 
 def comparison_rows(groups: dict[str, list[RunRecord]], target: float | None, published: Sequence[Published] = ()) -> list[Row]:
@@ -45,12 +44,12 @@ def comparison_rows(groups: dict[str, list[RunRecord]], target: float | None, pu
             row.final_acc = Aggregate.of([run.final(ACCURACY) for run in usable])
         for entry in published:
             if runs and all(matches(run, entry.configuration) for run in runs):
-                row.published, row.published_source = entry.values, entry.source
+                row.published = entry.values
         rows.append(row)
     return rows
 
 
-def table_target(registry: Registry, results: Sequence[Result], groups: dict[str, list[RunRecord]]) -> tuple[float | None, str]:
+def table_target(results: Sequence[Result], groups: dict[str, list[RunRecord]]) -> tuple[float | None, str]:
     """The accuracy the table counts steps to: that of the first steps_to_reach claim judged on this
     sweep, else DEFAULT_TARGET_FRACTION of the lowest configuration's mean final accuracy."""
     for result in results:
@@ -58,7 +57,7 @@ def table_target(registry: Registry, results: Sequence[Result], groups: dict[str
             return result.target, f"the target of claim `{result.claim.id}`: {_target_rule(result.claim.metric['target'])}"
     finals = []
     for runs in groups.values():
-        values = [run.final(ACCURACY) for run in runs if unusable_reason(run) is None and run.final(ACCURACY) is not None]
+        values = [final for run in runs if unusable_reason(run) is None and (final := run.final(ACCURACY)) is not None]
         if values:
             finals.append(sum(values) / len(values))
     if not finals:
@@ -143,7 +142,7 @@ def provenance(sweep: Sweep) -> dict[str, str]:
     runs = sweep.runs
 
     def values(read) -> str:
-        found = sorted({str(v) for v in (read(run) for run in runs) if v not in (None, "")}, key=lambda s: (len(s), s))
+        found = sorted({str(v) for v in (read(run) for run in runs) if v not in (None, "")}, key=numeric_order)
         return ", ".join(found) or "?"
 
     last_step = values(lambda run: max((step for step, _ in run.history.get(ACCURACY, [])), default=None))
@@ -167,6 +166,7 @@ def provenance(sweep: Sweep) -> dict[str, str]:
 
 def report_markdown(
     sweep: Sweep,
+    about: dict[str, str],  # provenance(sweep)
     rows: Sequence[Row],
     target: float | None,
     target_rule: str,
@@ -174,7 +174,6 @@ def report_markdown(
     figures: dict[str, str],
     notes: Sequence[str] = (),
 ) -> str:
-    about = provenance(sweep)
     lines = [
         f"# Report: sweep `{sweep.name}`",
         "",
@@ -192,7 +191,7 @@ def report_markdown(
     lines += [
         "## Comparison table",
         "",
-        f"Mean ± standard deviation over seeds, [min–max] over seeds. Target accuracy: {_percent_or_dash(target)} ({target_rule}).",
+        f"Mean ± standard deviation over seeds, [min–max] over seeds. Target accuracy: {percent_or_dash(target)} ({target_rule}).",
         "",
         comparison_table(rows, target),
         "",
@@ -208,5 +207,6 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def _percent_or_dash(value: float | None) -> str:
+def percent_or_dash(value: float | None) -> str:
+    """A fraction as a percentage with two decimals; "-" when there is none."""
     return "-" if value is None else f"{100 * value:.2f}%"
