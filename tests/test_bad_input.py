@@ -170,3 +170,12 @@ def test_store_is_checked_before_any_data_is_read(tmp_path, capsys, monkeypatch)
     assert cli(tmp_path, *SHORT, "data=mnist", f"data.data_dir={tmp_path}/absent", "data.download=false") == 2
     assert "tracking store" in capsys.readouterr().err.strip().splitlines()[-1]
     assert (tmp_path / "corrupt.db").read_bytes() == damaged  # untouched: still the user's file to inspect
+
+
+def test_an_empty_checkpoint_file_is_a_checkpoint_error_naming_it(tmp_path):
+    from bnrepro.callbacks.checkpointing import CheckpointError, load_checkpoint
+
+    empty = tmp_path / "last.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"checkpoint {empty} is unreadable"):
+        load_checkpoint(empty)

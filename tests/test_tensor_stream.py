@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bnrepro.data import mnist
 from bnrepro.data.tensor_stream import EvalBatches, StepStream, epoch_permutation, rank_block
 from bnrepro.models.mlp import MLP
-from bnrepro.module import Classifier, plain_steps_suffice
+from bnrepro.module import Classifier
 from bnrepro.optim import SGDRecipe
 from bnrepro.tracking import MLflowMetricsLogger
 
@@ -198,10 +198,12 @@ class StepHookCounter(L.Callback):
 
 
 class PlainStepsProbe(L.Callback):
-    """Records whether the run qualified for plain (un-wrapped) optimizer steps."""
+    """Records whether the module takes plain (un-wrapped) optimizer steps, as it decided at train start.
 
-    def on_train_start(self, trainer, pl_module):
-        self.plain = plain_steps_suffice(trainer)
+    Read at the first batch: callbacks' on_train_start runs before the module's, where it decides."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.plain = pl_module._plain_steps
 
 
 def chunked_training(norm: str, log_every_chunks: int, callbacks=(), module_class=Classifier) -> tuple[RecordingLogger, MLP]:

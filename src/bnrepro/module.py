@@ -5,9 +5,10 @@ It knows nothing of which network it trains. Training batches are chunks of K op
 Trainer's fixed per-batch cost is paid once per K steps while `global_step` still counts every
 optimizer step. Metrics are logged against `global_step` (the optimizer step), never the chunk index.
 
-The per-step hot path does no host work: the training loss is summed on the device and written
-to the loggers once per logging interval (``trainer.log_every_n_steps`` chunks, i.e. that many
-times the chunk length in optimizer steps), as the mean over the interval, with one device sync.
+The module does no per-step host work: the training loss is summed on the device and written to
+the loggers once per logging interval (``trainer.log_every_n_steps`` chunks, i.e. that many times
+the chunk length in optimizer steps), as the mean over the interval, with one device sync. (The
+default divergence check, `callbacks.divergence`, reads each chunk's mean loss: one sync per chunk.)
 
 Each SGD step goes through Lightning (`manual_backward`, `LightningOptimizer.step`) only when that
 wrapping does something for the run: loss scaling (16-bit mixed precision), DDP gradient sync, or

@@ -33,6 +33,7 @@ from bnrepro.distributed import (
 )
 from bnrepro.identity import JobIdentity, job_identity
 from bnrepro.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.messages import first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
@@ -90,7 +91,7 @@ def one_line(error: BaseException) -> str:
     if "Original Traceback" in text:  # "Caught DatasetError in DataLoader worker process 0. Original Traceback ..."
         last = text.splitlines()[-1]  # "bnrepro.data.errors.DatasetError: <the message>"
         return last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:

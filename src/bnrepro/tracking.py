@@ -44,6 +44,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.distributed import global_rank
+from bnrepro.messages import cause, first_line
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def open_store(uri: str):
             client.search_experiments(max_results=1)
     except Exception as error:
         raise TrackingError(
-            f"MLflow tracking store {uri} is not usable ({type(error).__name__}: {_first_line(error)}); "
+            f"MLflow tracking store {uri} is not usable ({cause(error)}); "
             "point MLFLOW_TRACKING_URI (or logger.tracking_uri) at a working store, or move the broken file "
             "aside to start a new one; logger=none runs without tracking"
         ) from error
@@ -152,11 +153,6 @@ class _sqlite_init_lock:
     def __exit__(self, *exc_info) -> None:
         if self._file is not None:
             self._file.close()  # closing releases the lock
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
 def _experiment_id(client, name: str) -> str:
@@ -300,7 +296,7 @@ class MLflowMetricsLogger(Logger):
                 error, count = self._error, len(self._unwritten)
                 raise RuntimeError(
                     f"{count} metrics could not be written to MLflow run {self._run_id} "
-                    f"({type(error).__name__}: {_first_line(error)})"
+                    f"({cause(error)})"
                 ) from error
 
     @rank_zero_only
@@ -339,7 +335,7 @@ class MLflowMetricsLogger(Logger):
                     break
                 except Exception as error:  # reported by the next flush(wait=True)
                     if attempt == self.WRITE_ATTEMPTS:
-                        log.warning("could not write %d metrics to MLflow: %s", len(chunk), _first_line(error))
+                        log.warning("could not write %d metrics to MLflow: %s", len(chunk), first_line(error))
                         self._error = error
                         self._unwritten.extend(chunk)
                     else:
@@ -451,7 +447,7 @@ class TrackedRun:
         status, outcome = _ending(error)
         tags = {OUTCOME_TAG: self.outcome or outcome}
         if error is not None:
-            tags[FAILURE_TAG] = f"{type(error).__name__}: {_first_line(error)}"
+            tags[FAILURE_TAG] = cause(error)
         try:
             if self.logger is not None:
                 self.logger.flush(wait=True)
@@ -531,7 +527,7 @@ class _Heartbeat:
             try:
                 self._client.set_tag(self._run_id, HEARTBEAT_TAG, str(int(time.time())))
             except Exception as error:  # a busy store must not kill training; the next beat retries
-                log.warning("heartbeat of run %s not written: %s", self._run_id, _first_line(error))
+                log.warning("heartbeat of run %s not written: %s", self._run_id, first_line(error))
 
     def stop(self) -> None:
         self._stop.set()
@@ -560,7 +556,7 @@ def mark_lost_runs(client, stale_after_seconds: float) -> list[str]:
             client.set_tag(run.info.run_id, OUTCOME_TAG, "failed")
             client.set_terminated(run.info.run_id, status="FAILED", end_time=int(last_sign * 1000))
         except Exception as error:  # another starting job marked it first, or the store is busy
-            log.warning("could not mark lost run %s: %s", run.info.run_id, _first_line(error))
+            log.warning("could not mark lost run %s: %s", run.info.run_id, first_line(error))
             continue
         log.warning("marked run %s FAILED: %s", run.info.run_id, reason)
         lost.append(run.info.run_id)
@@ -681,8 +677,8 @@ class SweepTracking(_HydraCallback):
             self._stop_heartbeat()
             client = _client(tracking_uri(config.logger.tracking_uri))
             error = job_return._return_value  # `return_value` would re-raise it
-            cause = _first_line(error) if isinstance(error, BaseException) else "see its run"
-            reason = f"job {' '.join(job_return.overrides or [])} failed: {type(error).__name__}: {cause}"
+            why = cause(error) if isinstance(error, BaseException) else f"{type(error).__name__}: see its run"
+            reason = f"job {' '.join(job_return.overrides or [])} failed: {why}"
             client.set_tag(parent, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
             client.set_terminated(parent, status="FAILED")
 
@@ -721,7 +717,7 @@ def _close_abandoned_sweep(uri: str, run_id: str) -> None:
             client.set_tag(run_id, FAILURE_TAG, "sweep stopped before all its jobs ran (interrupted, or a job exited)")
             client.set_terminated(run_id, status="KILLED")
     except Exception as error:  # the interpreter is exiting; the heartbeat check will catch it later
-        log.warning("could not close sweep run %s: %s", run_id, _first_line(error))
+        log.warning("could not close sweep run %s: %s", run_id, first_line(error))
 
 
 def sweep_summary(client, sweep_id: str) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bnrepro.interruption import RunInterrupted
+from bnrepro.messages import cause
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def save_atomically(state: dict[str, Any], path: Path) -> None:
         temporary.unlink(missing_ok=True)
         kept = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint exists"
         raise CheckpointError(
-            f"could not write checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            f"could not write checkpoint {path} ({cause(error)}); "
             f"{kept}. Free space on that disk (or set hydra.run.dir to a disk with room), then resume the run."
         ) from error
     _fsync_directory(path.parent)
@@ -111,7 +112,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist") from error
     except Exception as error:  # truncated, corrupt or not a checkpoint at all
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            f"checkpoint {path} is unreadable ({cause(error)}); "
             "resume from another run or start a new one (rerun=true)"
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:

@@ -18,6 +18,7 @@ import torch
 
 from bnrepro.data.errors import DatasetError
 from bnrepro.data.in_memory import InMemoryDataModule, Split
+from bnrepro.messages import cause
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -59,7 +60,7 @@ class MNISTDataModule(InMemoryDataModule):
     def _missing_message(self, error: Exception) -> str:
         raw = self.data_dir.resolve() / "MNIST" / "raw"
         return (
-            f"MNIST is not readable under {raw} ({type(error).__name__}: {(str(error).splitlines() or ['malformed file'])[0]}): "
+            f"MNIST is not readable under {raw} ({cause(error)}): "
             f"expected {', '.join(IDX_FILES)} (raw IDX, optionally .gz) there. "
             "Download them from http://yann.lecun.com/exdb/mnist/ into that folder, "
             "or run offline with data=mnist_mini."
