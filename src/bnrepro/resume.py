@@ -26,11 +26,9 @@ from bnrepro import tracking
 from bnrepro.callbacks.checkpointing import CheckpointError, last_checkpoint, load_checkpoint
 from bnrepro.distributed import global_rank
 from bnrepro.identity import JobIdentity, config_differences
-from bnrepro.tracking import JobInfo
+from bnrepro.tracking import OUTPUT_DIR_TAG, JobInfo
 
 log = logging.getLogger(__name__)
-
-OUTPUT_DIR_TAG = "bnrepro.output_dir"
 
 
 class ResumeError(ValueError):
@@ -43,11 +41,6 @@ class StartPlan:
     run_id: str | None = None  # resumed: the run to reopen; skipped: the finished run
     output_dir: str | None = None  # resumed: the directory whose checkpoints continue
     checkpoint: dict[str, Any] | None = field(default=None, repr=False)  # resumed: the loaded state
-    checkpoint_path: Path | None = None
-
-    @property
-    def step(self) -> int:
-        return int(self.checkpoint["global_step"]) if self.checkpoint else 0
 
 
 FRESH = StartPlan("fresh")
@@ -55,11 +48,9 @@ FRESH = StartPlan("fresh")
 
 def plan_start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> StartPlan:
     """Decide how this job starts (see the module docstring)."""
-    request = cfg.get("resume")
     if cfg.rerun:
         return FRESH
-    if request is None:
-        request = "auto" if job.sweep_id else None
+    request = cfg.get("resume") or ("auto" if job.sweep_id else None)
     if request is None:
         return FRESH
     request = str(request)
@@ -89,8 +80,7 @@ def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
     for run in runs:  # newest first
         if run.info.status == "RUNNING":
             continue  # alive (lost runs were just marked FAILED): never continue a run another process writes
-        output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
-        path = last_checkpoint(output_dir) if output_dir else None
+        output_dir, path = _run_checkpoint(run)
         if path is None:
             continue
         try:
@@ -100,7 +90,7 @@ def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
             continue
         if state["meta"].get("identity") != identity.digest:
             continue
-        return StartPlan("resumed", run.info.run_id, output_dir, state, path)
+        return StartPlan("resumed", run.info.run_id, output_dir, state)
     return FRESH
 
 
@@ -111,8 +101,7 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
             f"resume={directory}: no checkpoint at {directory}/checkpoints/last.ckpt; "
             "give the output directory of a run that saved one (callbacks.checkpoint), or start a new run"
         )
-    state = load_checkpoint(path)
-    _check_same_job(state, identity, f"resume={directory}")
+    state = _load_same_job(path, identity, f"resume={directory}")
     run_id = state["meta"].get("run_id")
     if _tracked(cfg) and run_id:
         run = tracking.find_run(cfg, run_id)
@@ -123,30 +112,39 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
                 "set MLFLOW_TRACKING_URI to the store it was tracked in, or resume untracked with logger=none"
             )
         _check_resumable(run, f"resume={directory}")
-    return StartPlan("resumed", run_id if _tracked(cfg) else None, str(directory.resolve()), state, path)
+    return StartPlan("resumed", run_id if _tracked(cfg) else None, str(directory.resolve()), state)
 
 
 def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPlan:
     uri = tracking.tracking_uri(cfg.logger.tracking_uri)
     if not _tracked(cfg):
         raise ResumeError(f"resume={run_id} looks like a run id, but logger=none has no store to look it up: give its output directory")
-    tracking.mark_lost_runs(tracking.open_store(uri), cfg.logger.stale_after_seconds)
     run = tracking.find_run(cfg, run_id)
     if run is None:
         raise ResumeError(f"resume={run_id}: no such directory and no MLflow run with that id in {uri}")
     if run.info.status == "FINISHED":
         return StartPlan("skipped", run_id=run_id)
     _check_resumable(run, f"resume={run_id}")
-    output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
-    path = last_checkpoint(output_dir) if output_dir else None
+    output_dir, path = _run_checkpoint(run)
     if path is None:
         raise ResumeError(
             f"resume={run_id}: the run saved no checkpoint (looked in {output_dir or '?'}/checkpoints); "
             "start a new run (rerun=true)"
         )
+    return StartPlan("resumed", run_id, output_dir, _load_same_job(path, identity, f"resume={run_id}"))
+
+
+def _run_checkpoint(run) -> tuple[str | None, Path | None]:
+    """A tracked run's output directory and the last checkpoint in it (None where there is none)."""
+    output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
+    return output_dir, last_checkpoint(output_dir) if output_dir else None
+
+
+def _load_same_job(path: Path, identity: JobIdentity, request: str) -> dict[str, Any]:
+    """The checkpoint's state, refused (ResumeError) if it was saved by a different job."""
     state = load_checkpoint(path)
-    _check_same_job(state, identity, f"resume={run_id}")
-    return StartPlan("resumed", run_id, output_dir, state, path)
+    _check_same_job(state, identity, request)
+    return state
 
 
 def _check_resumable(run, request: str) -> None:

@@ -39,7 +39,7 @@ from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
 from bnrepro.optim import SGDRecipe
 from bnrepro.resume import ResumeError, StartPlan, plan_start
-from bnrepro.tracking import JobInfo, TrackingError, open_run, open_store, record_skipped, tracking_uri
+from bnrepro.tracking import JobInfo, TrackingError, mark_lost_runs, open_run, open_store, record_skipped, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         raise ConfigError(too_big)
     identity = job_identity(cfg)
     if cfg.logger.kind != "none" and global_rank() == 0:
-        open_store(tracking_uri(cfg.logger.tracking_uri))  # an unusable store fails now, naming its URI
+        # An unusable store fails now, naming its URI; runs whose process died are closed FAILED
+        # ("lost") before this job looks up runs to resume or skip.
+        mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)), cfg.logger.stale_after_seconds)
     plan = plan_start(cfg, job, identity)
     if plan.start == "skipped":
         return skip(cfg, job, plan)
@@ -116,8 +118,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         # DDP syncs gradients only in the backward that follows a forward through its wrapper,
         # so each Trainer batch must hold exactly one optimizer step.
         datamodule.steps_per_batch = 1
-    resume_run_id = plan.run_id if plan.start == "resumed" else None
-    with open_run(cfg, job, identity, resume_run_id) as run, job_processes(cfg, ranks_job(job, plan), run.abandon):
+    # A resumed plan names the run to reopen; a fresh one has no run id.
+    with open_run(cfg, job, identity, plan.run_id) as run, job_processes(cfg, ranks_job(job, plan), run.abandon):
         callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
         callbacks = prepare_checkpointing(callbacks, plan, run.run_id, identity, output_dir)
         trainer = build_trainer(cfg, run.logger, [*callbacks, GracefulStop()], datamodule.steps_per_batch, output_dir)

@@ -60,6 +60,7 @@ START_TAG = "bnrepro.start"  # "fresh" | "resumed" | "skipped" (the latest start
 OUTCOME_TAG = "bnrepro.outcome"  # "completed" | "diverged" | "interrupted" | "failed"
 DIVERGED_STEP_TAG = "bnrepro.diverged_step"
 RESUMES_TAG = "bnrepro.resumes"  # how many times the run was resumed
+OUTPUT_DIR_TAG = "bnrepro.output_dir"  # the job's run directory (its checkpoints)
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_RUN_ENV = "BNREPRO_SWEEP_RUN_ID"  # set for the jobs of a multirun by `SweepTracking`
 GROUPS = ("model", "norm", "optim", "reg", "data", "trainer", "logger", "experiment")
@@ -135,7 +136,7 @@ class _sqlite_init_lock:
 
     def __init__(self, uri: str):
         self.path = None
-        if uri.startswith("sqlite:///") and uri not in _OPENED_STORES:
+        if uri.startswith("sqlite:///"):  # (open_store takes it only for a store not yet opened here)
             database = uri[len("sqlite:///") :].split("?", 1)[0]
             if database and database != ":memory:":
                 self.path = Path(database + ".lock")
@@ -360,7 +361,6 @@ class TrackedRun:
         self._heartbeat: _Heartbeat | None = None
 
     def __enter__(self) -> "TrackedRun":
-        mark_lost_runs(self.client, self.cfg.logger.stale_after_seconds)
         if self.resumed:
             self._reopen()
         else:
@@ -392,7 +392,7 @@ class TrackedRun:
         if self.identity is not None:
             tags.update({IDENTITY_TAG: self.identity.digest, CODE_VERSION_TAG: self.identity.code_version[:5000]})
         if self.job.output_dir:
-            tags["bnrepro.output_dir"] = self.job.output_dir
+            tags[OUTPUT_DIR_TAG] = self.job.output_dir
         tags.update(self._sweep_tags())
         return tags
 
@@ -479,7 +479,6 @@ class NoTracking:
 
     run_id = None
     logger = None
-    resumed = False
 
     def __enter__(self) -> "NoTracking":
         return self
@@ -572,9 +571,8 @@ def _search_all(client, filter_string: str, order_by: list[str] | None = None) -
 
 
 def runs_with_identity(cfg: DictConfig, digest: str) -> list:
-    """Job runs of this identity in the store, newest first (any status; lost runs marked FAILED first)."""
+    """Job runs of this identity in the store, newest first (any status)."""
     client = open_store(tracking_uri(cfg.logger.tracking_uri))
-    mark_lost_runs(client, cfg.logger.stale_after_seconds)
     return _search_all(
         client,
         f"tags.`{IDENTITY_TAG}` = '{digest}' and tags.`{ROLE_TAG}` = 'job'",
