@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TRAIN := $(PY) train.py
-# The MNIST net is too small to gain from a second intra-op thread, and on a 2-core machine shared
-# with other work two threads per process fall into an OpenMP slowdown of up to 10x.
-SMALL_NET := OMP_NUM_THREADS=1
+# One intra-op thread per process for the small nets (MNIST MLP, the CPU proxy): they gain nothing from a
+# second one, and on a 2-core machine shared with other work two threads fall into an OpenMP slowdown of up to 10x.
+ONE_THREAD := OMP_NUM_THREADS=1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
@@ -39,7 +39,7 @@ test-slow: $(STAMP)
 
 # The main job on the embedded data: BN vs no BN on mnist_mini, then the comparison read back from MLflow.
 demo: $(STAMP)
-	$(SMALL_NET) $(TRAIN) -m experiment=mnist_fig1 data=mnist_mini norm=bn,none trainer.max_steps=3000 \
+	$(ONE_THREAD) $(TRAIN) -m experiment=mnist_fig1 data=mnist_mini norm=bn,none trainer.max_steps=3000 \
 		trainer.enable_progress_bar=false sweep_name=demo $(ARGS)
 	$(PY) -m bnrepro.report.summary demo
 
@@ -63,7 +63,7 @@ clean:
 # The paper's Figure 1 experiment (sweeps/mnist_fig1.yaml): BN vs no BN, seeds $(SEEDS), 50,000 steps at
 # batch 60. Full MNIST by default; offline: `make reproduce-mnist DATA=mnist_mini`; more overrides in ARGS.
 reproduce-mnist: $(STAMP)
-	$(SMALL_NET) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
 
 # Figure 1(a,b,c), the comparison table and every claim's verdict for a sweep (default: the latest
 # mnist_fig1), written to outputs/reports/<sweep>/ and logged to the sweep's parent MLflow run.
@@ -78,9 +78,9 @@ reproduce-imagenet: $(STAMP)
 
 # The CPU proxy of Figure 3 (sweeps/inception_proxy.yaml): the same seven configurations, width-0.25
 # BN-Inception on Fashion-MNIST at 32x32 (apt-get install dataset-fashion-mnist), 2 seeds, one intra-op
-# thread per job (2 threads on a busy 2-core machine run ~10x slower). Then `make report SWEEP=inception_proxy`.
+# thread per job. Then `make report SWEEP=inception_proxy`.
 reproduce-proxy: $(STAMP)
-	OMP_NUM_THREADS=1 $(TRAIN) -m -cd sweeps -cn inception_proxy $(FASHION_MNIST_DIR_ARG) $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn inception_proxy $(FASHION_MNIST_DIR_ARG) $(ARGS)
 
 # Every reproduction this machine can run, each followed by its report: MNIST (full MNIST when
 # data/MNIST/raw holds it, else the offline mnist_mini), the proxy (when Fashion-MNIST is installed) and
@@ -111,6 +111,6 @@ bench-inception: $(STAMP)
 # The framework against a hand-written PyTorch loop on mnist_fig1: per-step time ratio (norm=bn and none),
 # MLflow overhead, start-up to the first step, and a 4-job sweep serial vs parallel (joblib); a table, and
 # JSON in outputs/bench/ (benchmarks/README.md). Both sides run with the thread setting of reproduce-mnist.
-# ~8 min on 2 quiet cores; QUICK=1: fewer steps (~2 min); options in ARGS (see --help).
+# ~13 min on 2 cores; QUICK=1: fewer steps (~2 min); options in ARGS (see --help).
 bench: $(STAMP)
-	$(SMALL_NET) $(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)
+	$(ONE_THREAD) $(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)

@@ -34,7 +34,7 @@ from PIL import Image
 from bnrepro.data.imagenet import FakeImageNetDataModule, ImageNetDataModule
 from bnrepro.models.inception_bn import BNInception
 
-OUT_DIR = Path("outputs/bench")
+OUT_DIR = Path(__file__).resolve().parents[1] / "outputs" / "bench"
 JPEG_SIZE = (500, 375)  # a typical ImageNet training image (the mean is about 400x350, ~110 KB)
 
 

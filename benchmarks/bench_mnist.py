@@ -26,7 +26,7 @@ time of the full 50,000-step run is recorded as well.
 Results: a table on stdout and JSON under outputs/bench/ (bench-<time>.json and latest.json).
 Timing targets are checked and printed here, never asserted in the test suite.
 
-    make bench                                  # full: ~8 min on 2 quiet cores
+    make bench                                  # full: ~13 min on 2 cores
     make bench QUICK=1                          # ~2 min: fewer steps and repetitions
     python benchmarks/bench_mnist.py --threads 1 --steps 50000 --skip mlflow,sweep
 """
@@ -51,6 +51,7 @@ PY = sys.executable
 EXPERIMENT = "experiment=mnist_fig1"
 FULL_STEPS = 50_000  # the paper's Fig. 1 run length
 SWEEP_STEPS = 20_000  # steps per job of the full sweep measurement
+PARTS = ("per_step", "mlflow", "sweep", "gpu")  # what --skip can leave out ("gpu" runs only where CUDA is)
 
 TARGETS = {
     "per_step_ratio": 1.10,  # framework / hand-written, per norm
@@ -295,9 +296,9 @@ def gpu_full_run(bench: Bench) -> dict:
 # --- report ------------------------------------------------------------------------------------
 def _same_result(hand: Sample, framework: Sample) -> bool | None:
     """Both sides trained the same network on the same batches: their final test accuracy agrees."""
-    if "val/acc" not in hand.final:
+    if "val/acc" not in hand.final or "val/acc" not in framework.final:
         return None
-    return framework.final.get("val/acc") is None or abs(hand.final["val/acc"] - framework.final["val/acc"]) < 1e-3
+    return abs(hand.final["val/acc"] - framework.final["val/acc"]) < 1e-3
 
 
 def _verdict(value: float, target: float) -> str:
@@ -389,9 +390,8 @@ def table(report: dict) -> str:
                 _verdict(1 / compiled["speedup"], 1.0),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = ("measurement", "result", "target", "")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     if "imports" in report.get("startup", {}):
@@ -444,11 +444,10 @@ def _machine(bench: Bench) -> dict:
 
 
 def _git() -> dict:
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else ""
+    from bnrepro.tracking import git_state
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    state = git_state(ROOT)
+    return {"commit": state.get("mlflow.source.git.commit", ""), "dirty": state.get("bnrepro.git_dirty") == "True"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -458,19 +457,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions of each side (default 5, quick 2)")
     parser.add_argument("--norms", default="bn,none", help="norm options for the per-step comparison")
     parser.add_argument("--mlflow-steps", type=int, help=f"steps of the MLflow overhead runs (default {FULL_STEPS}, quick 2000)")
-    parser.add_argument("--mlflow-reps", type=int, help="repetitions of the logger=none/mlflow pair (default 1)")
+    parser.add_argument("--mlflow-reps", type=int, default=1, help="repetitions of the logger=none/mlflow pair (default 1)")
     parser.add_argument("--sweep-steps", type=int, help=f"steps per job of the 4-job sweep (default {SWEEP_STEPS}, quick 2000)")
-    parser.add_argument("--sweep-reps", type=int, help="repetitions of the serial/parallel sweep pair (default 1)")
+    parser.add_argument("--sweep-reps", type=int, default=1, help="repetitions of the serial/parallel sweep pair (default 1)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: inherited)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: per_step,mlflow,sweep")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: " + ",".join(PARTS))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")
     args = parser.parse_args(argv)
     args.steps = args.steps or (2000 if args.quick else 10_000)
     args.reps = args.reps or (2 if args.quick else 5)
     args.mlflow_steps = args.mlflow_steps or (2000 if args.quick else FULL_STEPS)
-    args.mlflow_reps = args.mlflow_reps or 1
     args.sweep_steps = args.sweep_steps or (2000 if args.quick else SWEEP_STEPS)
-    args.sweep_reps = args.sweep_reps or 1
+    unknown = set(filter(None, args.skip.split(","))) - set(PARTS)
+    if unknown:
+        parser.error(f"--skip: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     return args
 
 
@@ -491,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         "per_step": f"per-step {args.steps} steps x {args.reps} per side",
         "mlflow": f"MLflow {args.mlflow_steps} steps x {args.mlflow_reps}",
         "sweep": f"sweep {args.sweep_steps} steps/job x {args.sweep_reps}",
+        "gpu": f"GPU {FULL_STEPS} steps eager and compiled",
     }
+    if not bench.cuda:
+        del plan["gpu"]
     parts = "; ".join(text for part, text in plan.items() if part not in skip)
     print(f"bnrepro benchmark: device {bench.device}; {parts}; logs in {bench.logs}", flush=True)
     try:
@@ -504,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             report["startup"]["imports"] = import_times(bench)
         if "sweep" not in skip:
             report["sweep"] = sweeps(bench, args.sweep_steps, args.sweep_reps)
-        if bench.cuda:
+        if bench.cuda and "gpu" not in skip:
             report["gpu_full_run"] = gpu_full_run(bench)
     finally:
         bench.close()

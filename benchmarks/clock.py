@@ -34,9 +34,8 @@ class TrainClock(L.Callback):
         self._evaluation_start = time.time()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training or trainer.state.fn == "fit":
-            self.evaluations += 1
-            self.evaluation_seconds += time.time() - self._evaluation_start
+        self.evaluations += 1
+        self.evaluation_seconds += time.time() - self._evaluation_start
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.strategy.root_device.type == "cuda":

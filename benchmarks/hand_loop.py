@@ -60,9 +60,6 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=args.overrides)
     device = torch.device(args.device)
-    threads = cfg.trainer.get("num_threads")  # the framework's thread setting, where the config has one
-    if threads:
-        torch.set_num_threads(threads)
 
     torch.manual_seed(cfg.seed)  # run.py seeds (L.seed_everything) right before building data and network
     datamodule = instantiate(cfg.data)

@@ -24,7 +24,6 @@ from omegaconf import DictConfig
 
 from bnrepro import tracking
 from bnrepro.callbacks.checkpointing import CheckpointError, last_checkpoint, load_checkpoint
-from bnrepro.distributed import global_rank
 from bnrepro.identity import JobIdentity, config_differences
 from bnrepro.tracking import OUTPUT_DIR_TAG, JobInfo
 
@@ -63,14 +62,8 @@ def plan_start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> StartPla
     return _from_run_id(cfg, request, identity)
 
 
-def _tracked(cfg: DictConfig) -> bool:
-    """Whether this process looks runs up in the store: only rank 0 (ranks 1..N-1 get rank 0's decision
-    as an explicit resume=<dir> / rerun=true, and the run is already reopened by rank 0 when they start)."""
-    return cfg.logger.kind != "none" and global_rank() == 0
-
-
 def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
-    if not _tracked(cfg):
+    if not tracking.is_tracked(cfg):
         log.info("resume=auto needs the tracking store (logger=none): starting fresh")
         return FRESH
     runs = tracking.runs_with_identity(cfg, identity.digest)
@@ -103,7 +96,7 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
         )
     state = _load_same_job(path, identity, f"resume={directory}")
     run_id = state["meta"].get("run_id")
-    if _tracked(cfg) and run_id:
+    if tracking.is_tracked(cfg) and run_id:
         run = tracking.find_run(cfg, run_id)
         if run is None:
             uri = tracking.tracking_uri(cfg.logger.tracking_uri)
@@ -112,12 +105,12 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
                 "set MLFLOW_TRACKING_URI to the store it was tracked in, or resume untracked with logger=none"
             )
         _check_resumable(run, f"resume={directory}")
-    return StartPlan("resumed", run_id if _tracked(cfg) else None, str(directory.resolve()), state)
+    return StartPlan("resumed", run_id if tracking.is_tracked(cfg) else None, str(directory.resolve()), state)
 
 
 def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPlan:
     uri = tracking.tracking_uri(cfg.logger.tracking_uri)
-    if not _tracked(cfg):
+    if not tracking.is_tracked(cfg):
         raise ResumeError(f"resume={run_id} looks like a run id, but logger=none has no store to look it up: give its output directory")
     run = tracking.find_run(cfg, run_id)
     if run is None:

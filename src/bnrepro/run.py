@@ -39,7 +39,7 @@ from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
 from bnrepro.optim import SGDRecipe
 from bnrepro.resume import ResumeError, StartPlan, plan_start
-from bnrepro.tracking import JobInfo, TrackingError, mark_lost_runs, open_run, open_store, record_skipped, tracking_uri
+from bnrepro.tracking import JobInfo, TrackingError, is_tracked, mark_lost_runs, open_run, open_store, record_skipped, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     if too_big:
         raise ConfigError(too_big)
     identity = job_identity(cfg)
-    if cfg.logger.kind != "none" and global_rank() == 0:
+    if is_tracked(cfg):
         # An unusable store fails now, naming its URI; runs whose process died are closed FAILED
         # ("lost") before this job looks up runs to resume or skip.
         mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)), cfg.logger.stale_after_seconds)
@@ -157,8 +157,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
 
 def skip(cfg: DictConfig, job: JobInfo, plan: StartPlan) -> dict[str, float]:
     """An identical run already FINISHED: count it in this sweep instead of training again."""
-    if global_rank() == 0:
-        record_skipped(cfg, job, plan.run_id)
+    record_skipped(cfg, job, plan.run_id)  # (only the tracking process writes)
     message = f"skipped {job.name or 'run'}: identical run {plan.run_id} already FINISHED (rerun=true trains it again)"
     log.info(message)
     return {}

@@ -224,11 +224,13 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def git_state() -> dict[str, str]:
-    """Commit and dirty flag of the working tree, or nothing outside a git checkout."""
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the working tree at `cwd` (default: here), or nothing outside a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return {}
     return {"mlflow.source.git.commit": commit.stdout.strip(), "bnrepro.git_dirty": str(bool(status.stdout.strip()))}
@@ -499,12 +501,18 @@ class NoTracking:
         pass
 
 
+def is_tracked(cfg: DictConfig) -> bool:
+    """Whether this process writes and reads the store: only global rank 0 with a logger (ranks 1..N-1 get
+    rank 0's start decision as an explicit resume=<dir> / rerun=true, and rank 0 reopens the run)."""
+    return cfg.logger.kind != "none" and global_rank() == 0
+
+
 def open_run(cfg: DictConfig, job: JobInfo, identity=None, resume_run_id: str | None = None) -> TrackedRun | NoTracking:
     """The run to record this job in; only global rank 0 writes (other DDP ranks get `NoTracking`).
 
     `identity` is the job's `bnrepro.identity.JobIdentity`; `resume_run_id` reopens that run.
     """
-    if cfg.logger.kind == "none" or global_rank() != 0:
+    if not is_tracked(cfg):
         return NoTracking()
     return TrackedRun(cfg, job, identity=identity, resume_run_id=resume_run_id)
 
@@ -593,7 +601,7 @@ def find_run(cfg: DictConfig, run_id: str):
 
 def record_skipped(cfg: DictConfig, job: JobInfo, run_id: str) -> None:
     """A re-run job found `run_id` FINISHED: count it in this sweep (tags) instead of running again."""
-    if cfg.logger.kind == "none" or global_rank() != 0:
+    if not is_tracked(cfg):
         return
     from mlflow.entities import RunTag
 

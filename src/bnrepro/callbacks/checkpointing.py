@@ -31,6 +31,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from bnrepro.atomic_write import write_atomically
 from bnrepro.interruption import RunInterrupted
 from bnrepro.messages import cause
 
@@ -72,36 +73,15 @@ def check_writable(output_dir: str | os.PathLike) -> None:
 
 
 def save_atomically(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """torch.save `state` to `path`, whole or not at all, fsynced (`atomic_write`)."""
     try:
-        with open(temporary, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        write_atomically(path, lambda file: torch.save(state, file), durable=True)
     except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
-        temporary.unlink(missing_ok=True)
         kept = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint exists"
         raise CheckpointError(
             f"could not write checkpoint {path} ({cause(error)}); "
             f"{kept}. Free space on that disk (or set hydra.run.dir to a disk with room), then resume the run."
         ) from error
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

