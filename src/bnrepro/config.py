@@ -8,6 +8,7 @@ runs. `validate` then checks ranges and cross-group rules that types cannot expr
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -342,3 +343,15 @@ def _validate_schedule(cfg: DictConfig) -> None:
             f"trainer.{key}={value} must be a positive multiple of data.steps_per_batch={chunk} "
             "so evaluation and logging land on exact optimizer steps",
         )
+
+
+def flatten(config: Mapping[str, Any], leaf: Callable[[Any], str] = str, prefix: str = "") -> dict[str, str]:
+    """A resolved config as dotted keys -> `leaf(value)` (lists are leaves, kept whole)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, leaf, f"{dotted}."))
+        else:
+            flat[dotted] = leaf(value)
+    return flat

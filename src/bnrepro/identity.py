@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnrepro.config import flatten
+
 CODE_VERSION_ENV = "BNREPRO_CODE_VERSION"
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding src/ and train.py
 SOURCE_PATHS = ("src", "train.py")
@@ -56,7 +58,7 @@ def job_identity(cfg: DictConfig) -> JobIdentity:
 def identity_config(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as dotted keys -> strings, without the keys that do not change the result."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    return {key: value for key, value in _flatten(container).items() if not _excluded(key)}
+    return {key: value for key, value in flatten(container, leaf=_as_json).items() if not _excluded(key)}
 
 
 def config_differences(old: dict[str, str], new: dict[str, str], limit: int = 5) -> str:
@@ -66,17 +68,12 @@ def config_differences(old: dict[str, str], new: dict[str, str], limit: int = 5)
     return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _excluded(key: str) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in EXCLUDED)
-
-
-def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
-    if not isinstance(config, dict):
-        return {prefix.rstrip("."): json.dumps(config, sort_keys=True, default=str)}
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
 
 
 def code_version() -> str:

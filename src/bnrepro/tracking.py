@@ -43,6 +43,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from bnrepro.config import flatten
 from bnrepro.distributed import global_rank
 from bnrepro.messages import cause, first_line
 
@@ -212,18 +213,6 @@ def _parallel_jobs(launcher: DictConfig) -> int:
     return n_jobs if n_jobs > 0 else max((os.cpu_count() or 1) + 1 + n_jobs, 1)  # joblib: -1 = every core
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Resolved config as dotted keys -> string values (lists kept whole, as YAML flow text)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = str(value)
-    return flat
-
-
 def git_state(cwd: Path | None = None) -> dict[str, str]:
     """Commit and dirty flag of the working tree at `cwd` (default: here), or nothing outside a git checkout."""
     try:
@@ -383,7 +372,7 @@ class TrackedRun:
     def _reopen(self) -> None:
         run = self.client.get_run(self.run_id)
         self.client.update_run(self.run_id, status="RUNNING")
-        tags = {**self._sweep_tags(), START_TAG: "resumed", RESUMES_TAG: str(int(run.data.tags.get(RESUMES_TAG, "0")) + 1)}
+        tags = {**_sweep_tags(self.job), START_TAG: "resumed", RESUMES_TAG: str(int(run.data.tags.get(RESUMES_TAG, "0")) + 1)}
         tags.update({HEARTBEAT_TAG: str(int(time.time())), OUTCOME_TAG: "running"})
         self.set_tags(tags)
         self.logger = _ContinuedMetricsLogger(self.client, self.run_id, logged_through(self.client, run))
@@ -395,16 +384,7 @@ class TrackedRun:
             tags.update({IDENTITY_TAG: self.identity.digest, CODE_VERSION_TAG: self.identity.code_version[:5000]})
         if self.job.output_dir:
             tags[OUTPUT_DIR_TAG] = self.job.output_dir
-        tags.update(self._sweep_tags())
-        return tags
-
-    def _sweep_tags(self) -> dict[str, str]:
-        tags = {}
-        if self.job.sweep_id:
-            tags[SWEEP_ID_TAG] = self.job.sweep_id
-            parent = os.environ.get(SWEEP_RUN_ENV)
-            if parent:
-                tags[PARENT_TAG] = parent
+        tags.update(_sweep_tags(self.job))
         return tags
 
     def _log_params(self) -> None:
@@ -429,9 +409,7 @@ class TrackedRun:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in tags.items()])
+        _write_tags(self.client, self.run_id, tags)
 
     def mark_diverged(self, step: int, loss: float, reason: str) -> None:
         """Divergence is a result (Sec. 4.2.1): the run ends FINISHED with outcome=diverged and the step."""
@@ -603,16 +581,22 @@ def record_skipped(cfg: DictConfig, job: JobInfo, run_id: str) -> None:
     """A re-run job found `run_id` FINISHED: count it in this sweep (tags) instead of running again."""
     if not is_tracked(cfg):
         return
+    client = open_store(tracking_uri(cfg.logger.tracking_uri))
+    _write_tags(client, run_id, {START_TAG: "skipped", **_sweep_tags(job)})
+
+
+def _sweep_tags(job: JobInfo) -> dict[str, str]:
+    """The tags that count a job in its sweep: the sweep id and, when there is one, the parent run."""
+    if not job.sweep_id:
+        return {}
+    parent = os.environ.get(SWEEP_RUN_ENV)
+    return {SWEEP_ID_TAG: job.sweep_id, **({PARENT_TAG: parent} if parent else {})}
+
+
+def _write_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
     from mlflow.entities import RunTag
 
-    tags = {START_TAG: "skipped"}
-    if job.sweep_id:
-        tags[SWEEP_ID_TAG] = job.sweep_id
-        parent = os.environ.get(SWEEP_RUN_ENV)
-        if parent:
-            tags[PARENT_TAG] = parent
-    client = open_store(tracking_uri(cfg.logger.tracking_uri))
-    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in tags.items()])
 
 
 def logged_through(client, run) -> dict[str, int]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bnrepro.report.runs import RunRecord, configuration_of, numeric_order
+from bnrepro.report.runs import RunRecord, configuration_of, numeric_order, varying_values
 from bnrepro.tracking import FAILURE_TAG
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
@@ -547,10 +547,7 @@ def evaluate_claim(claim: Claim, runs: Sequence[RunRecord]) -> Result:
 
 def _require_one_configuration(group: Group) -> None:
     """Seeds may be pooled only within one configuration: a selector matching several is ambiguous."""
-    configurations = [configuration_of(run) for run in group.runs]
-    keys = dict.fromkeys(key for configuration in configurations for key in configuration)
-    differing = {key: sorted({str(c.get(key, "-")) for c in configurations}) for key in keys}
-    differing = {key: values for key, values in differing.items() if len(values) > 1}
+    differing = {key: sorted(values) for key, values in varying_values([configuration_of(run) for run in group.runs]).items()}
     if differing:
         spread = ", ".join(f"{key}={'|'.join(values)}" for key, values in differing.items())
         raise NotRun(f"ambiguous: {group.label} matches runs of several configurations ({spread}); use a sweep that varies only what the claim compares")

@@ -116,12 +116,18 @@ def configuration_of(run: RunRecord) -> dict[str, str]:
     return configuration
 
 
+def varying_values(configurations: list[dict[str, str]]) -> dict[str, list[str]]:
+    """The keys whose value differs between `configurations`, with their values ("-" where absent), in order."""
+    keys = dict.fromkeys(key for configuration in configurations for key in configuration)
+    values = {key: list(dict.fromkeys(str(c.get(key, "-")) for c in configurations)) for key in keys}
+    return {key: found for key, found in values.items() if len(found) > 1}
+
+
 def group_by_configuration(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by configuration (seeds pooled), labelled by what varies between the groups,
     e.g. {"norm=bn": [...], "norm=none": [...]}, in order of first appearance."""
     configurations = [configuration_of(run) for run in runs]
-    keys = dict.fromkeys(key for configuration in configurations for key in configuration)
-    varying = [key for key in keys if len({configuration.get(key) for configuration in configurations}) > 1]
+    varying = list(varying_values(configurations))
     groups: dict[str, list[RunRecord]] = {}
     for run, configuration in zip(runs, configurations):
         label = ",".join(f"{key}={configuration.get(key, '-')}" for key in varying)
