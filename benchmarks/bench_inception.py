@@ -93,7 +93,7 @@ def time_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps:
 def model_throughput(device: torch.device, batch_size: int, image_size: int, steps: int, warmup: int) -> dict:
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = True
-    net = BNInception(num_classes=1000, norm="bn").to(device)
+    net = BNInception(num_classes=1000).to(device)
     x, y = fake_batch(batch_size, image_size)
     x, y = x.to(device), y.to(device)
     if cuda:
@@ -119,7 +119,7 @@ def proxy_step_time(steps: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        net = BNInception(num_classes=10, norm="bn", width_multiplier=0.25, in_channels=1)
+        net = BNInception(num_classes=10, width_multiplier=0.25, in_channels=1)
         x, y = torch.randn(32, 1, 32, 32), torch.randint(10, (32,))
         times = time_training(net, x, y, steps, warmup=3, bf16=False)
     finally:

@@ -5,8 +5,8 @@ initial weights, the same data tensors on the same device, the same sample order
 is `epoch_permutation(n, seed, epoch)`, as in `StepStream`), the same SGD settings and number of
 steps. Batches are gathered with `index_select`, the fastest gather on the CPU (several times
 faster than `inputs[index]`), so the baseline is as fast as a plain loop gets. It does the same periodic work as the framework: the training loss is summed on the device
-and read every `trainer.log_every_n_steps` steps, and the test split is evaluated (loss, top-1 and
-top-5 accuracy, in `data.eval_batch_size` batches) every `trainer.eval_every_n_steps` steps.
+and read every `loop.log_every_n_steps` steps, and the test split is evaluated (loss, top-1 and
+top-5 accuracy, in `data.eval_batch_size` batches) every `loop.eval_every_n_steps` steps.
 It does not write checkpoints or diagnostics (framework features, counted as framework time).
 
     python benchmarks/hand_loop.py --out result.json experiment=mnist_fig1 norm=bn trainer.max_steps=2000
@@ -66,17 +66,17 @@ def main() -> None:
     datamodule.setup()  # reads the split on the CPU, applies data.binarize
     train, test = datamodule.train_split.to(device), datamodule.test_split.to(device)
     net = instantiate(cfg.model.net, num_classes=datamodule.num_classes).to(device)
-    optim = cfg.optim
+    sgd, decay = cfg.optim.optimizer, cfg.optim.scheduler  # the arguments of the config's partials, by hand
     optimizer = torch.optim.SGD(
-        net.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=optim.nesterov
+        net.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay, nesterov=sgd.nesterov
     )
     scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, optim.decay_every_steps, optim.decay_rate)
-        if optim.decay_every_steps > 0 and optim.decay_rate != 1.0
+        torch.optim.lr_scheduler.StepLR(optimizer, decay.every_n_steps, decay.rate)
+        if decay.every_n_steps > 0 and decay.rate != 1.0
         else None
     )
     batch_size, seed = cfg.data.batch_size, cfg.data.seed
-    steps, eval_every, log_every = cfg.trainer.max_steps, cfg.trainer.eval_every_n_steps, cfg.trainer.log_every_n_steps
+    steps, eval_every, log_every = cfg.trainer.max_steps, cfg.loop.eval_every_n_steps, cfg.loop.log_every_n_steps
     steps_per_epoch = len(train) // batch_size
 
     metrics: dict[str, float] = {}

@@ -13,7 +13,7 @@ from bnrepro.config import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-QUICK = ["trainer.enable_progress_bar=false", "trainer.eval_every_n_steps=10", "trainer.log_every_n_steps=10"]
+QUICK = ["trainer.enable_progress_bar=false", "loop.eval_every_n_steps=10", "loop.log_every_n_steps=10"]
 
 # Tiny models on a 2-core machine: one intra-op thread avoids oversubscription when tests run beside other work.
 torch.set_num_threads(1)

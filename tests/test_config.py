@@ -1,14 +1,18 @@
 """Every option of every config group composes, validates and instantiates; bad values fail at start-up."""
 
+import inspect
+
+import lightning as L
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
+from torch import nn
 
-from bnrepro.config import ConfigError, validate
+from bnrepro.config import SCHEMAS, ConfigError, validate
 from conftest import CONF, compose_config
 
-GROUPS = ("model", "norm", "optim", "reg", "data", "trainer", "logger", "experiment")
+GROUPS = (*SCHEMAS, "experiment")
 
 
 def group_options(group: str) -> list[str]:
@@ -41,9 +45,46 @@ def test_optim_options_scale_the_models_base_learning_rate(option, multiplier):
     assert cfg.optim.lr == pytest.approx(0.002 * multiplier)
 
 
-def test_norm_option_reaches_the_network():
-    assert compose_config("norm=none").model.net.norm == "none"
-    assert compose_config("norm=bn").model.net.norm == "bn"
+@pytest.mark.parametrize("model,layer", [("mlp", nn.BatchNorm1d), ("inception_bn", nn.BatchNorm2d)])
+def test_norm_option_gives_each_model_its_batch_norm_layer(model, layer):
+    net = instantiate(compose_config(f"model={model}", "norm=bn").model.net, num_classes=10)
+    assert any(type(m) is layer for m in net.modules())
+
+
+@pytest.mark.parametrize("model", ["mlp", "inception_bn"])
+def test_norm_none_builds_the_network_without_normalization(model):
+    cfg = compose_config(f"model={model}", "norm=none")
+    assert cfg.model.net.norm_layer is None
+    net = instantiate(cfg.model.net, num_classes=10)
+    assert not any("BatchNorm" in type(m).__name__ for m in net.modules())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.net.activation=tanh"],
+        ["model=inception_bn", "model.net.channel_reading=columns"],
+        ["data=imagenet", "data.photometric=strong"],
+        ["data=imagenet", "data.on_corrupt=ignore"],
+        ["norm.kind=layer"],
+        ["logger.kind=wandb"],
+    ],
+)
+def test_a_value_outside_a_choice_fails_at_composition_naming_the_allowed_ones(overrides):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(*overrides)
+    assert isinstance(error.value.__cause__, ValidationError) and "expected one of" in str(error.value.__cause__)
+
+
+def test_choice_values_reach_the_network_as_their_names():
+    net = instantiate(compose_config("model.net.activation=relu").model.net, num_classes=10)
+    assert isinstance(net.hidden[0].activation, nn.ReLU)
+
+
+def test_the_trainer_group_holds_trainer_arguments_only():
+    trainer_arguments = set(inspect.signature(L.Trainer).parameters)
+    for option in group_options("trainer"):
+        assert set(compose_config(f"trainer={option}").trainer) <= trainer_arguments
 
 
 def test_unknown_group_option_lists_the_available_options():
@@ -76,7 +117,7 @@ def test_wrong_type_fails_at_composition():
         ("reg.dropout=1.0", "reg.dropout"),
         ("optim.momentum=1.5", "optim.momentum"),
         ("data.batch_size=1", "data.batch_size=1"),
-        ("trainer.eval_every_n_steps=15", "trainer.eval_every_n_steps"),
+        ("loop.eval_every_n_steps=15", "loop.eval_every_n_steps"),
     ],
 )
 def test_out_of_range_values_raise_a_config_error_naming_the_key(override, key):

@@ -1,5 +1,7 @@
 """Covariate-shift diagnostics (Fig. 1b/c): percentiles of the nonlinearity input at evaluation points."""
 
+import functools
+
 import lightning as L
 import numpy as np
 import pytest
@@ -12,7 +14,6 @@ from bnrepro.callbacks.diagnostics import CovariateShiftDiagnostics, choose_unit
 from bnrepro.data.in_memory import InMemoryDataModule, Split
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
-from bnrepro.optim import SGDRecipe
 
 STEPS_PER_BATCH, EVAL_EVERY, MAX_STEPS = 5, 10, 20
 
@@ -57,12 +58,12 @@ class HookProbe(L.Callback):
         self.during_evaluation.add(len(pl_module.net.hidden[-1].nonlinearity_input._forward_hooks))
 
 
-@pytest.fixture(scope="module", params=["bn", "none"])
+@pytest.fixture(scope="module", params=[nn.BatchNorm1d, None], ids=["bn", "none"])
 def trained(request):
     """A real fit of a small MLP: evaluation every 10 steps for 20 steps, diagnostics on, eval batch of 8."""
     torch.manual_seed(0)
-    net = MLP(num_classes=3, in_features=12, widths=(8, 6), norm=request.param)
-    module = Classifier(net, SGDRecipe(lr=0.1, momentum=0.0), num_classes=3)
+    net = MLP(num_classes=3, in_features=12, widths=(8, 6), norm_layer=request.param)
+    module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1, momentum=0.0), num_classes=3)
     data = RandomDigits(batch_size=4, eval_batch_size=8, steps_per_batch=STEPS_PER_BATCH)
     callback, probe, logger = CovariateShiftDiagnostics(units=3, unit_seed=1), HookProbe(), RecordingLogger()
     trainer = L.Trainer(
@@ -155,12 +156,12 @@ def test_a_model_without_declared_sites_is_a_clear_error():
 
 
 def test_an_unknown_site_is_a_clear_error():
-    module = Classifier(MLP(num_classes=3, in_features=12, widths=(4,)), SGDRecipe(lr=0.1), num_classes=3)
+    module = Classifier(MLP(num_classes=3, in_features=12, widths=(4,)), functools.partial(torch.optim.SGD, lr=0.1), num_classes=3)
     trainer_stub = type("T", (), {"sanity_checking": False})()
     with pytest.raises(KeyError, match="hidden9"):
         CovariateShiftDiagnostics(site="hidden9").on_validation_epoch_start(trainer_stub, module)
 
 
 def test_the_bn_site_is_what_the_sigmoid_receives():
-    net = MLP(num_classes=3, in_features=12, widths=(4, 5), norm="bn")
+    net = MLP(num_classes=3, in_features=12, widths=(4, 5), norm_layer=nn.BatchNorm1d)
     assert isinstance(net.diagnostic_sites()["hidden2"], nn.BatchNorm1d)

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from bnrepro.distributed import DeviceSlot, RankFailed, RankProcesses, global_rank, rank_command
 from conftest import compose_config, run_train
 
-STEPS = ["trainer.max_steps=30", "trainer.eval_every_n_steps=10", "trainer.log_every_n_steps=10", "trainer.enable_progress_bar=false"]
+STEPS = ["trainer.max_steps=30", "loop.eval_every_n_steps=10", "loop.log_every_n_steps=10", "trainer.enable_progress_bar=false"]
 
 
 def job_runs(uri: str) -> list:

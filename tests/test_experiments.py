@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bnrepro.config import validate
+from bnrepro.module import Classifier
 from bnrepro.run import train
 from bnrepro.tracking import JobInfo
 from conftest import ROOT, compose_config
@@ -20,6 +23,7 @@ FIGURE3 = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")
 EXTRA_RUNS = ("inception_x5", "inception_sigmoid")  # the paper's diverging and non-training runs
 EXPERIMENTS = FIGURE3 + EXTRA_RUNS
 SWEEPS = ROOT / "sweeps"
+CONF = ROOT / "conf"
 
 # The paper's recipes: (norm, lr, dropout, lrn, activation, photometric, weight decay, decay every n steps)
 BASELINE_WD, BASELINE_DECAY = 4e-5, 320_292  # 8 epochs of 1,281,167 images at batch 32, one replica
@@ -50,8 +54,8 @@ SMALL_FAKE_IMAGENET = (
     "trainer=cpu",
     "logger=none",
     "trainer.max_steps=2",
-    "trainer.eval_every_n_steps=2",
-    "trainer.log_every_n_steps=1",
+    "loop.eval_every_n_steps=2",
+    "loop.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
 )
 
@@ -70,8 +74,8 @@ def recipe_of(cfg) -> dict:
         lrn=cfg.model.net.lrn,
         activation=cfg.model.net.activation,
         photometric=cfg.data.get("photometric"),
-        weight_decay=pytest.approx(cfg.optim.weight_decay),
-        decay_every_steps=cfg.optim.decay_every_steps,
+        weight_decay=pytest.approx(cfg.optim.optimizer.weight_decay),  # what SGD gets
+        decay_every_steps=cfg.optim.scheduler.every_n_steps,
     )
 
 
@@ -82,7 +86,7 @@ def test_experiment_composes_to_the_papers_recipe(experiment):
     assert recipe_of(cfg) == {**RECIPES[experiment], "lr": pytest.approx(RECIPES[experiment]["lr"])}
     assert cfg.model.name == "inception_bn" and cfg.model.net.width_multiplier == 1.0
     assert cfg.data._target_.endswith("ImageNetDataModule") and cfg.data.batch_size == 32  # per replica
-    assert cfg.optim.momentum == 0.9 and cfg.optim.decay_rate == 0.96
+    assert cfg.optim.optimizer.momentum == 0.9 and cfg.optim.scheduler.rate == 0.96
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -97,12 +101,41 @@ def test_a_group_option_on_the_command_line_replaces_the_experiments_choice():
     cfg = compose_config("experiment=bn_x5", "optim=baseline")
     assert cfg.optim.lr == pytest.approx(0.0015)
     # ... while the experiment's own values still apply on top of the option it now gets
-    assert cfg.optim.weight_decay == pytest.approx(8e-6) and cfg.optim.decay_every_steps == 53_382
+    assert cfg.optim.optimizer.weight_decay == pytest.approx(8e-6) and cfg.optim.scheduler.every_n_steps == 53_382
 
 
 def test_a_key_on_the_command_line_wins_over_the_experiment():
-    cfg = compose_config("experiment=bn_x5", "optim.weight_decay=1e-3", "model.net.lrn=true")
-    assert cfg.optim.weight_decay == 1e-3 and cfg.model.net.lrn is True
+    cfg = compose_config("experiment=bn_x5", "optim.optimizer.weight_decay=1e-3", "model.net.lrn=true")
+    assert cfg.optim.optimizer.weight_decay == 1e-3 and cfg.model.net.lrn is True
+
+
+def test_the_accelerated_recipes_ratios_apply_to_a_baseline_set_on_the_command_line():
+    cfg = compose_config("experiment=bn_x5", "optim.weight_decay=1e-4", "optim.decay_every_steps=600")
+    assert cfg.optim.optimizer.weight_decay == pytest.approx(2e-5) and cfg.optim.scheduler.every_n_steps == 100
+
+
+def test_the_accelerated_recipes_ratios_are_stated_in_one_experiment_only():
+    stating = sorted(
+        str(path.relative_to(CONF))
+        for path in (CONF / "experiment").rglob("*.yaml")
+        if "weight_decay_divisor" in path.read_text() or "decay_speedup" in path.read_text()
+    )
+    assert stating == ["experiment/bn_x5.yaml"]
+
+
+def test_the_module_builds_the_configs_optimizer_and_schedule():
+    cfg = compose_config("experiment=inception_proxy/bn_x5", "model.net.width_multiplier=0.125")
+    net = instantiate(cfg.model.net, num_classes=10)
+    module = Classifier(net, instantiate(cfg.optim.optimizer), 10, scheduler=instantiate(cfg.optim.scheduler))
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD) and configured["lr_scheduler"]["interval"] == "step"
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == pytest.approx((0.1, 0.9, 8e-6))
+    for _ in range(20):  # the proxy's baseline decays every 120 steps: 6x faster is every 20
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.96)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -116,9 +149,10 @@ def test_proxy_keeps_the_recipe_relative_to_the_proxys_baseline(experiment):
     assert proxy.optim.lr == pytest.approx(base.model.base_lr * full.optim.lr_multiplier)
     for key in ("dropout", "lrn", "activation"):
         assert proxy.model.net[key] == full.model.net[key]
-    assert proxy.optim.weight_decay / base.optim.weight_decay == pytest.approx(full.optim.weight_decay / BASELINE_WD)
-    speedup = base.optim.decay_every_steps / proxy.optim.decay_every_steps
-    assert speedup == pytest.approx(BASELINE_DECAY / full.optim.decay_every_steps, rel=0.05)
+    ratio = proxy.optim.optimizer.weight_decay / base.optim.optimizer.weight_decay
+    assert ratio == pytest.approx(full.optim.optimizer.weight_decay / BASELINE_WD)
+    speedup = base.optim.scheduler.every_n_steps / proxy.optim.scheduler.every_n_steps
+    assert speedup == pytest.approx(BASELINE_DECAY / full.optim.scheduler.every_n_steps, rel=0.05)
 
 
 # One proxy run stays in the fast suite; the sweep (make reproduce-proxy) runs all of them for real.
@@ -134,8 +168,8 @@ def test_proxy_trains_a_few_steps_on_fashion_mnist_files(experiment, tmp_path):
         "model.net.width_multiplier=0.125",
         "logger=none",
         "trainer.max_steps=10",
-        "trainer.eval_every_n_steps=10",
-        "trainer.log_every_n_steps=10",
+        "loop.eval_every_n_steps=10",
+        "loop.log_every_n_steps=10",
         "trainer.enable_progress_bar=false",
     )
     final = train(cfg, JobInfo(name=experiment))

@@ -1,5 +1,8 @@
 """BN-Inception (Figure 5): shapes, parameter counts, BN placement, timm registration, diagnostics."""
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -83,7 +86,7 @@ def test_32px_input_reaches_the_classifier():
 
 
 def test_bn_variant_normalizes_every_conv_and_drops_its_bias():
-    model = BNInception(norm="bn", width_multiplier=0.25)
+    model = BNInception(width_multiplier=0.25)  # default norm_layer: nn.BatchNorm2d
     units = [m for m in model.modules() if isinstance(m, ConvUnit)]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(units) == len(convs) == 69
@@ -94,8 +97,8 @@ def test_bn_variant_normalizes_every_conv_and_drops_its_bias():
 
 
 def test_no_bn_variant_has_no_bn_and_keeps_conv_biases():
-    model = BNInception(norm="none", width_multiplier=0.25)
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    model = BNInception(norm_layer=None, width_multiplier=0.25)
+    assert not any("BatchNorm" in type(m).__name__ for m in model.modules())
     assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
@@ -106,7 +109,7 @@ def test_sigmoid_variant_uses_sigmoid_only():
 
 
 def test_lrn_and_dropout_switches():
-    model = BNInception(norm="none", lrn=True, dropout=0.4, width_multiplier=0.25)
+    model = BNInception(norm_layer=None, lrn=True, dropout=0.4, width_multiplier=0.25)
     assert [n for n, m in model.features.named_children() if isinstance(m, nn.LocalResponseNorm)] == ["lrn1", "lrn2"]
     assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.4
     assert not any(isinstance(m, nn.LocalResponseNorm) for m in BNInception(width_multiplier=0.25).modules())
@@ -128,6 +131,19 @@ def test_timm_create_model_builds_bn_inception():
     assert isinstance(model, BNInception) and model.get_classifier().out_features == 7
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_the_norm_layer_callable_builds_every_normalization_layer():
+    model = BNInception(norm_layer=lambda channels: nn.GroupNorm(1, channels), width_multiplier=0.25)
+    units = [m for m in model.modules() if isinstance(m, ConvUnit)]
+    assert all(isinstance(unit.bn, nn.GroupNorm) and unit.bn.num_channels == unit.conv.out_channels for unit in units)
+    assert all(unit.conv.bias is None for unit in units)
+
+
+def test_importing_bnrepro_models_registers_bn_inception_with_timm():
+    code = "import timm; import bnrepro.models; print(timm.is_model('bn_inception'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "True"
 
 
 def test_timm_pretrained_weights_are_refused():
@@ -159,6 +175,6 @@ def test_diagnostic_sites_are_in_forward_order_and_end_in_inception_5b():
 
 
 def test_diagnostic_sites_without_bn_are_the_convs():
-    sites = BNInception(norm="none", width_multiplier=0.25).diagnostic_sites()
+    sites = BNInception(norm_layer=None, width_multiplier=0.25).diagnostic_sites()
     assert all(isinstance(m, nn.Conv2d) for m in sites.values())
     assert list(sites)[:4] == ["conv1", "conv2_reduce", "conv2", "inception_3a.1x1"]

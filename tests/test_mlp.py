@@ -18,7 +18,7 @@ def test_hidden_units_are_sigmoid_by_default():
 
 
 def test_bn_sits_between_bias_free_affine_and_nonlinearity():
-    for layer in MLP(norm="bn").hidden:
+    for layer in MLP().hidden:  # default norm_layer: nn.BatchNorm1d
         assert layer.affine.bias is None
         assert isinstance(layer.bn, nn.BatchNorm1d)
         children = list(layer.children())
@@ -26,7 +26,7 @@ def test_bn_sits_between_bias_free_affine_and_nonlinearity():
 
 
 def test_bn_output_is_what_the_nonlinearity_receives():
-    net = MLP(norm="bn").eval()
+    net = MLP().eval()
     layer, x = net.hidden[0], torch.rand(4, 784)
     seen = {}
     layer.activation.register_forward_hook(lambda module, inputs, output: seen.setdefault("input", inputs[0]))
@@ -35,8 +35,8 @@ def test_bn_output_is_what_the_nonlinearity_receives():
 
 
 def test_no_bn_module_without_norm_and_affine_layers_keep_their_bias():
-    net = MLP(norm="none")
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    net = MLP(norm_layer=None)
+    assert not any("BatchNorm" in type(m).__name__ for m in net.modules())
     assert all(layer.affine.bias is not None for layer in net.hidden)
 
 
@@ -54,13 +54,17 @@ def test_weights_start_gaussian_with_the_configured_std():
 
 
 def test_diagnostic_sites_end_with_the_last_hidden_layer():
-    net = MLP(norm="bn")
+    net = MLP()
     sites = net.diagnostic_sites()
     assert list(sites) == ["hidden1", "hidden2", "hidden3"] and sites["hidden3"] is net.hidden[-1].bn
 
 
-def test_unknown_activation_or_norm_is_rejected():
+def test_the_norm_layer_callable_builds_each_hidden_layers_normalization():
+    net = MLP(widths=(8, 4), norm_layer=nn.LayerNorm)
+    assert [type(layer.bn) for layer in net.hidden] == [nn.LayerNorm, nn.LayerNorm]
+    assert [layer.bn.normalized_shape for layer in net.hidden] == [(8,), (4,)]
+
+
+def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="activation"):
         MLP(activation="tanh")
-    with pytest.raises(ValueError, match="norm"):
-        MLP(norm="layer")

@@ -29,8 +29,8 @@ def sweep(tmp_path_factory):
     uri = f"sqlite:///{home / 'mlflow.db'}"
     command = [
         sys.executable, str(ROOT / "train.py"), "-m", "-cd", str(ROOT / "sweeps"), "-cn", "mnist_fig1",
-        "data=mnist_mini", "seed=0,1", "trainer.max_steps=200", "trainer.eval_every_n_steps=50",
-        "trainer.log_every_n_steps=50", "trainer.enable_progress_bar=false", "callbacks.checkpoint=null",
+        "data=mnist_mini", "seed=0,1", "trainer.max_steps=200", "loop.eval_every_n_steps=50",
+        "loop.log_every_n_steps=50", "trainer.enable_progress_bar=false", "callbacks.checkpoint=null",
         f"hydra.sweep.dir={home / 'multirun'}",
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}

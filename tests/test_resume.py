@@ -31,8 +31,8 @@ from conftest import compose_config
 # Dropout draws from the torch RNG every step, so equality also proves the RNG state is restored.
 SETTINGS = (
     "trainer.max_steps=60",
-    "trainer.eval_every_n_steps=20",
-    "trainer.log_every_n_steps=10",
+    "loop.eval_every_n_steps=20",
+    "loop.log_every_n_steps=10",
     "trainer.enable_progress_bar=false",
     "trainer.deterministic=true",
     "callbacks.checkpoint.every_n_steps=20",

@@ -10,8 +10,8 @@ from test_resume import StopAtStep
 
 SETTINGS = (
     "trainer.max_steps=40",
-    "trainer.eval_every_n_steps=20",
-    "trainer.log_every_n_steps=10",
+    "loop.eval_every_n_steps=20",
+    "loop.log_every_n_steps=10",
     "trainer.enable_progress_bar=false",
     "callbacks.checkpoint.every_n_steps=20",
 )

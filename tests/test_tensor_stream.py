@@ -5,6 +5,7 @@ once per data-epoch, exact resumption, chunks that cross epoch boundaries; and t
 chunks must give the same losses as a plain per-step loop over a DataLoader in the same order.
 """
 
+import functools
 import time
 
 import lightning as L
@@ -13,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers.logger import Logger
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnrepro.data import mnist
 from bnrepro.data.tensor_stream import EvalBatches, StepStream, epoch_permutation, rank_block
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
-from bnrepro.optim import SGDRecipe
 from bnrepro.tracking import MLflowMetricsLogger
 
 # The module tests train without a validation split.
@@ -167,7 +168,7 @@ def tiny_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def fresh_net(norm: str) -> MLP:
     torch.manual_seed(0)
-    return MLP(norm=norm, widths=(16, 16))
+    return MLP(norm_layer={"bn": nn.BatchNorm1d, "none": None}[norm], widths=(16, 16))
 
 
 def dataloader_losses(norm: str) -> tuple[list[float], MLP]:
@@ -217,7 +218,8 @@ def chunked_training(norm: str, log_every_chunks: int, callbacks=(), module_clas
         enable_model_summary=False, callbacks=list(callbacks),
     )
     stream = StepStream(inputs, targets, BATCH, CHUNK, 0, total_steps=lambda: trainer.max_steps, start_step=lambda: trainer.global_step)
-    trainer.fit(module_class(net, SGDRecipe(lr=LR, momentum=0.9), num_classes=10), train_dataloaders=stream)
+    sgd = functools.partial(torch.optim.SGD, lr=LR, momentum=0.9)
+    trainer.fit(module_class(net, sgd, num_classes=10), train_dataloaders=stream)
     assert trainer.global_step == STEPS  # every optimizer step counted, not every chunk
     return logger, net
 

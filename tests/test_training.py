@@ -65,5 +65,5 @@ def test_logger_none_writes_nothing(store):
 @pytest.mark.slow  # torch.compile takes tens of seconds on CPU
 def test_compiled_network_trains_like_the_eager_one(store):
     eager = train(compose_config("trainer.max_steps=20", "logger=none", *QUICK), JobInfo())
-    compiled = train(compose_config("trainer.max_steps=20", "logger=none", "trainer.compile=true", *QUICK), JobInfo())
+    compiled = train(compose_config("trainer.max_steps=20", "logger=none", "loop.compile=true", *QUICK), JobInfo())
     assert compiled == pytest.approx(eager, rel=1e-4)

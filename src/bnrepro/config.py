@@ -7,8 +7,9 @@ runs. `validate` then checks ranges and cross-group rules that types cannot expr
 """
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -19,14 +20,56 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
 
 
+# --- choices -----------------------------------------------------------------------------------
+class Choice(str, Enum):
+    """A key with a fixed set of values: OmegaConf rejects any other while composing, naming the allowed ones.
+
+    Members are strings equal to their names (str mixin), so the models and data modules that receive
+    them take plain strings and never import this module.
+    """
+
+    __str__ = str.__str__  # "relu", not "Activation.relu", in logged params and job identities
+
+
+class NormKind(Choice):
+    bn = "bn"  # batch normalization before every nonlinearity (Sec. 3.2)
+    none = "none"  # the paper's baselines
+
+
+class Activation(Choice):
+    relu = "relu"
+    sigmoid = "sigmoid"  # Sec. 4.1's MNIST net; BN-x5-Sigmoid (Sec. 4.2.2)
+
+
+class ChannelReading(Choice):
+    branches = "branches"  # Figure 5's branch columns (bnrepro.models.inception_bn)
+    outputs = "outputs"  # Figure 5's output column
+
+
+class Photometric(Choice):
+    full = "full"
+    reduced = "reduced"  # Sec. 4.2.1, "Reduce the photometric distortions"
+    none = "none"
+
+
+class OnCorrupt(Choice):
+    fail = "fail"
+    skip = "skip"
+
+
+class LoggerKind(Choice):
+    mlflow = "mlflow"
+    none = "none"
+
+
 # --- model -------------------------------------------------------------------------------------
 @dataclass
 class MLPNet:
     _target_: str = "bnrepro.models.mlp.MLP"  # num_classes comes from the data module
     in_features: int = 784
     widths: list[int] = field(default_factory=lambda: [100, 100, 100])
-    norm: str = "${norm.kind}"
-    activation: str = "sigmoid"
+    norm_layer: Any = "${norm.per_activation}"  # BN after a fully connected layer: per activation (Sec. 3.2)
+    activation: Activation = Activation.sigmoid
     dropout: float = "${reg.dropout}"  # type: ignore[assignment]
     init_std: float = 0.1
 
@@ -48,13 +91,13 @@ class InceptionNet:
     """BN-Inception of the paper's appendix (Figure 5); see bnrepro.models.inception_bn for each option."""
 
     _target_: str = "bnrepro.models.inception_bn.BNInception"  # num_classes comes from the data module
-    norm: str = "${norm.kind}"
-    activation: str = "relu"  # "relu" | "sigmoid" (BN-x5-Sigmoid, Sec. 4.2.2)
+    norm_layer: Any = "${norm.per_feature_map}"  # BN after a convolution: per feature map (Sec. 3.2)
+    activation: Activation = Activation.relu
     dropout: float = "${reg.dropout}"  # type: ignore[assignment]
     lrn: bool = False  # GoogLeNet's local response normalization (the Inception baseline; Sec. 4.2.1 removes it)
     separable_stem: bool = False  # Figure 5's "separable with depth multiplier 8" first convolution
     width_multiplier: float = 1.0  # scales every conv's channels (proxy runs on CPU)
-    channel_reading: str = "branches"  # "branches" | "outputs": two readings of Figure 5's channel counts
+    channel_reading: ChannelReading = ChannelReading.branches  # two readings of Figure 5's channel counts
     in_channels: int = 3
 
 
@@ -66,19 +109,30 @@ class InceptionModel(ModelConfig):
 # --- norm, optim, reg --------------------------------------------------------------------------
 @dataclass
 class NormConfig:
-    kind: str = MISSING  # "bn" | "none"
+    kind: NormKind = MISSING
+    # The models' normalization layers, `_partial_` nodes the models call with a channel count (None: no
+    # normalization); each model config picks the one for its layers (conf/norm/).
+    per_activation: Any = None
+    per_feature_map: Any = None
     sync: bool = True  # under DDP, BN statistics over the global batch (all ranks); no effect on one process
 
 
 @dataclass
 class OptimConfig:
+    """The recipe's values (Sec. 4.2); `optimizer` and `scheduler` (conf/optim/baseline.yaml) are built from them."""
+
     lr_multiplier: float = 1.0
     lr: float = "${mul:${model.base_lr},${optim.lr_multiplier}}"  # type: ignore[assignment]
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    nesterov: bool = False
+    weight_decay: float = 0.0  # L2, before Sec. 4.2.1's reduction
     decay_rate: float = 1.0
-    decay_every_steps: int = 0  # 0: constant learning rate
+    decay_every_steps: int = 0  # before Sec. 4.2.1's speed-up; 0: constant learning rate
+    # Sec. 4.2.1's accelerated BN networks: "reduce the L2 weight regularization by a factor of 5" and
+    # "accelerate the learning rate decay by a factor of 6"; stated once, by experiment=bn_x5.
+    weight_decay_divisor: float = 1.0
+    decay_speedup: int = 1
+    optimizer: Any = MISSING  # `_partial_` node: called with the network's parameters
+    scheduler: Any = None  # `_partial_` node: called with the optimizer, stepped every optimizer step
 
 
 @dataclass
@@ -143,8 +197,8 @@ class ImageNetData(ImageBatchData):
 
     _target_: str = "bnrepro.data.imagenet.ImageNetDataModule"
     data_dir: str = "data/imagenet"
-    photometric: str = "full"  # "full" | "reduced" (Sec. 4.2.1) | "none"
-    on_corrupt: str = "fail"  # "fail" | "skip"
+    photometric: Photometric = Photometric.full
+    on_corrupt: OnCorrupt = OnCorrupt.fail
 
 
 @dataclass
@@ -161,19 +215,27 @@ class FakeImageNetData(ImageBatchData):
     class_signal: float = 1.0
 
 
-# --- trainer, logger ---------------------------------------------------------------------------
+# --- trainer, loop, logger ---------------------------------------------------------------------
 @dataclass
 class TrainerConfig:
+    """Arguments of lightning.Trainer, passed as they are (bnrepro.run.build_trainer adds the derived ones)."""
+
     accelerator: str = "cpu"
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    max_steps: int = 50_000
-    eval_every_n_steps: int = 500
-    log_every_n_steps: int = 100
+    max_steps: int = 50_000  # optimizer steps (global_step counts every step of a chunk)
     deterministic: bool = False
     enable_progress_bar: bool = True
+
+
+@dataclass
+class LoopConfig:
+    """How the training loop runs, in optimizer steps (the Trainer counts batches of data.steps_per_batch steps)."""
+
+    eval_every_n_steps: int = 500
+    log_every_n_steps: int = 100
     # torch.compile the network in place (state_dict keys unchanged): a one-off compile of tens of
     # seconds; no faster for the MNIST net on CPU; `make bench` compares it with eager on CUDA.
     compile: bool = False
@@ -181,7 +243,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = MISSING  # "mlflow" | "none"
+    kind: LoggerKind = MISSING
     tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default: sqlite under outputs/
     experiment_name: str = "bnrepro"
     heartbeat_seconds: float = 60.0  # how often a running job refreshes its run's bnrepro.heartbeat tag (0: never)
@@ -198,6 +260,7 @@ class TrainConfig:
     reg: RegConfig = MISSING
     data: Any = MISSING
     trainer: TrainerConfig = MISSING
+    loop: LoopConfig = field(default_factory=LoopConfig)
     logger: LoggerConfig = MISSING
     # Lightning callbacks by name, each a `_target_` node (null disables one): conf/callbacks/.
     callbacks: dict[str, Any] = field(default_factory=dict)
@@ -225,6 +288,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# Arithmetic for interpolations: optim.lr = model.base_lr x optim.lr_multiplier; Sec. 4.2.1's ratios (conf/optim/).
+RESOLVERS: dict[str, Callable[[Any, Any], float | int]] = {
+    "mul": lambda a, b: float(a) * float(b),
+    "div": lambda a, b: float(a) / float(b),
+    "floordiv": lambda a, b: int(a) // int(b),
+}
+
+
 def register_configs() -> None:
     """Store the schemas as `schema/<group>/<name>`; YAML options extend them in their defaults list."""
     store = ConfigStore.instance()
@@ -232,8 +303,9 @@ def register_configs() -> None:
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=node)
-    if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 # --- ranges and cross-group rules --------------------------------------------------------------
@@ -251,15 +323,16 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
     _require(0 < cfg.optim.decay_rate <= 1, f"optim.decay_rate must be in (0, 1], got {cfg.optim.decay_rate}")
     _require(cfg.optim.decay_every_steps >= 0, "optim.decay_every_steps must be >= 0 (0 = constant lr)")
+    _require(cfg.optim.weight_decay_divisor > 0, "optim.weight_decay_divisor must be > 0")
+    _require(cfg.optim.decay_speedup >= 1, "optim.decay_speedup must be >= 1")
     _require(0 <= cfg.reg.dropout < 1, f"reg.dropout must be in [0, 1), got {cfg.reg.dropout}")
-    _require(cfg.norm.kind in ("bn", "none"), f"norm.kind must be 'bn' or 'none', got {cfg.norm.kind!r}")
-    _require(cfg.logger.kind in ("mlflow", "none"), f"logger.kind must be 'mlflow' or 'none', got {cfg.logger.kind!r}")
-    _validate_schedule(cfg)
-    _validate_option_values(cfg)
+    _validate_loop(cfg)
+    width = OmegaConf.select(cfg, "model.net.width_multiplier", default=None)
+    _require(width is None or width > 0, f"model.net.width_multiplier must be > 0, got {width}")
     _validate_reliability(cfg)
     _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     _require(
-        cfg.norm.kind != "bn" or cfg.data.batch_size > 1,
+        cfg.norm.kind is not NormKind.bn or cfg.data.batch_size > 1,
         "data.batch_size=1 cannot train with norm=bn: batch statistics need at least 2 examples "
         "(Sec. 3.1); use a larger batch or norm=none",
     )
@@ -310,37 +383,22 @@ def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
             f"known keys: {', '.join(sorted(known - {'_target_'}))})",
         )
     for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+        if OmegaConf.is_missing(node, key):
+            continue
+        child = node.get(key)
+        if isinstance(child, DictConfig):
             _reject_unknown_keys(child, f"{path}{key}.")
 
 
-# Keys that only some group options have (BN-Inception, ImageNet): checked where present.
-ALLOWED_VALUES = {
-    "model.net.activation": ("relu", "sigmoid"),
-    "model.net.channel_reading": ("branches", "outputs"),
-    "data.photometric": ("full", "reduced", "none"),
-    "data.on_corrupt": ("fail", "skip"),
-}
-
-
-def _validate_option_values(cfg: DictConfig) -> None:
-    for key, allowed in ALLOWED_VALUES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        _require(value is None or value in allowed, f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-    width = OmegaConf.select(cfg, "model.net.width_multiplier", default=None)
-    _require(width is None or width > 0, f"model.net.width_multiplier must be > 0, got {width}")
-
-
-def _validate_schedule(cfg: DictConfig) -> None:
-    trainer, chunk = cfg.trainer, cfg.data.get("steps_per_batch", 1)
-    _require(trainer.max_steps > 0, f"trainer.max_steps must be > 0, got {trainer.max_steps}")
+def _validate_loop(cfg: DictConfig) -> None:
+    loop, chunk = cfg.loop, cfg.data.get("steps_per_batch", 1)
+    _require(cfg.trainer.max_steps > 0, f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
     _require(chunk >= 1, f"data.steps_per_batch must be >= 1, got {chunk}")
     for key in ("eval_every_n_steps", "log_every_n_steps"):
-        value = trainer[key]
+        value = loop[key]
         _require(
             value > 0 and value % chunk == 0,
-            f"trainer.{key}={value} must be a positive multiple of data.steps_per_batch={chunk} "
+            f"loop.{key}={value} must be a positive multiple of data.steps_per_batch={chunk} "
             "so evaluation and logging land on exact optimizer steps",
         )
 

@@ -29,16 +29,20 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from bnrepro.optim import SGDRecipe
+from bnrepro.optim import OptimizerFactory, SchedulerFactory
 
 # Hooks Lightning runs around every optimizer step: implementing one routes steps through Lightning.
 PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, net: nn.Module, recipe: SGDRecipe, num_classes: int):
+    def __init__(
+        self, net: nn.Module, optimizer: OptimizerFactory, num_classes: int, scheduler: SchedulerFactory | None = None
+    ):
+        """`optimizer` and `scheduler` are the config's `_partial_` nodes (conf/optim/): called with the
+        network's parameters and with the optimizer; a scheduler is stepped after every optimizer step."""
         super().__init__()
-        self.net, self.recipe = net, recipe
+        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.automatic_optimization = False
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
@@ -52,7 +56,8 @@ class Classifier(L.LightningModule):
         return self.net(x)
 
     def configure_optimizers(self):
-        optimizer, scheduler = self.recipe.build(self.net.parameters())
+        optimizer = self.optimizer_factory(self.net.parameters())
+        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,37 +1,22 @@
-"""The optimization recipe: momentum SGD with optional step-wise exponential learning-rate decay.
+"""The learning-rate schedule of the recipe: step-wise exponential decay (Sec. 4.2), and the factories' types.
 
 Sec. 4.2 trains Inception with momentum SGD and an exponentially decaying learning rate; the
-"accelerated" BN networks (Sec. 4.2.1) decay it 6x faster. Decay is applied per optimizer step
-in staircase form: lr * decay_rate ** (step // decay_every_steps).
+"accelerated" BN networks (Sec. 4.2.1) decay it 6x faster. The config (conf/optim/baseline.yaml)
+gives the optimizer and this schedule as `_partial_` nodes; the LightningModule calls them.
 """
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler, StepLR
 
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], LRScheduler | None]
 
-@dataclass(frozen=True)
-class SGDRecipe:
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    decay_rate: float = 1.0
-    decay_every_steps: int = 0  # 0: constant learning rate
 
-    @property
-    def decays(self) -> bool:
-        return self.decay_every_steps > 0 and self.decay_rate != 1.0
-
-    def build(self, parameters: Iterable[torch.nn.Parameter]) -> tuple[torch.optim.SGD, LRScheduler | None]:
-        optimizer = torch.optim.SGD(
-            parameters,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            nesterov=self.nesterov,
-        )
-        scheduler = StepLR(optimizer, self.decay_every_steps, self.decay_rate) if self.decays else None
-        return optimizer, scheduler
+def staircase_decay(optimizer: torch.optim.Optimizer, rate: float, every_n_steps: int) -> StepLR | None:
+    """lr * rate ** (step // every_n_steps), stepped once per optimizer step; None when the rate is constant
+    (every_n_steps 0 or rate 1), so constant-rate runs make no scheduler call per step."""
+    if every_n_steps <= 0 or rate == 1.0:
+        return None
+    return StepLR(optimizer, step_size=every_n_steps, gamma=rate)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, check_writable, last_checkpoint
 from bnrepro.callbacks.divergence import Diverged
@@ -37,7 +37,6 @@ from bnrepro.messages import first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
-from bnrepro.optim import SGDRecipe
 from bnrepro.resume import ResumeError, StartPlan, plan_start
 from bnrepro.tracking import JobInfo, TrackingError, is_tracked, mark_lost_runs, open_run, open_store, record_skipped, tracking_uri
 
@@ -128,9 +127,10 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
             net = convert_sync_batchnorm(net, trainer.strategy.root_device.type)
         if cfg.data.get("channels_last", False):  # the data arrives NHWC-strided: keep the convs in that layout
             net = net.to(memory_format=torch.channels_last)
-        if cfg.trainer.compile:
+        if cfg.loop.compile:
             net.compile()  # in place: checkpoints and diagnostics see the same module names
-        module = Classifier(net, recipe(cfg.optim), datamodule.num_classes)
+        optimizer, scheduler = instantiate(cfg.optim.optimizer), instantiate(cfg.optim.scheduler)
+        module = Classifier(net, optimizer, datamodule.num_classes, scheduler=scheduler)
         run.log_params(
             {
                 "global_batch_size": cfg.data.batch_size * trainer.world_size,
@@ -147,7 +147,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         except RunInterrupted as stop:
             stop.resume_with = run.run_id or (output_dir if last_checkpoint(output_dir or ".") else None)
             raise
-        cut_short = trainer.global_step % cfg.trainer.eval_every_n_steps  # the last interval was cut short
+        cut_short = trainer.global_step % cfg.loop.eval_every_n_steps  # the last interval was cut short
         if cut_short or FINAL_METRICS[0] not in trainer.callback_metrics:  # (or resumed after the last evaluation)
             trainer.validate(module, datamodule=datamodule, verbose=False)
         final = {key: float(trainer.callback_metrics[key]) for key in FINAL_METRICS if key in trainer.callback_metrics}
@@ -213,37 +213,20 @@ def job_processes(cfg: DictConfig, job: JobInfo, on_abandon: Callable[[str], Non
     return stack
 
 
-def recipe(optim: DictConfig) -> SGDRecipe:
-    return SGDRecipe(
-        lr=optim.lr,
-        momentum=optim.momentum,
-        weight_decay=optim.weight_decay,
-        nesterov=optim.nesterov,
-        decay_rate=optim.decay_rate,
-        decay_every_steps=optim.decay_every_steps,
-    )
-
-
 def build_trainer(cfg: DictConfig, logger, callbacks: list, steps_per_batch: int, output_dir: str) -> L.Trainer:
-    """A Trainer whose intervals are counted in optimizer steps, whatever the chunk size."""
-    t = cfg.trainer
+    """The `trainer` group's arguments plus the loop's intervals, which the config counts in optimizer steps."""
+    refresh = max(1, 500 // steps_per_batch)  # about every 500 optimizer steps
+    progress_bar = [TQDMProgressBar(refresh_rate=refresh)] if cfg.trainer.enable_progress_bar else []
     return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        max_steps=t.max_steps,
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
         # Lightning counts these in batches; a batch holds `steps_per_batch` optimizer steps.
-        val_check_interval=t.eval_every_n_steps // steps_per_batch,
+        val_check_interval=cfg.loop.eval_every_n_steps // steps_per_batch,
         check_val_every_n_epoch=None,
-        log_every_n_steps=t.log_every_n_steps // steps_per_batch,
+        log_every_n_steps=cfg.loop.log_every_n_steps // steps_per_batch,
         num_sanity_val_steps=0,
         logger=logger if logger is not None else False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=t.enable_progress_bar,
-        callbacks=[*callbacks, *([TQDMProgressBar(refresh_rate=max(1, 500 // steps_per_batch))] if t.enable_progress_bar else [])],
-        deterministic=t.deterministic,
+        callbacks=[*callbacks, *progress_bar],
         default_root_dir=output_dir or None,
     )

@@ -43,7 +43,7 @@ throughput work without the dataset.
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,6 @@ from bnrepro.data.errors import DatasetError
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")  # matched case-insensitively (".JPEG" included)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PHOTOMETRIC = ("full", "reduced", "none")
-ON_CORRUPT = ("skip", "fail")
 SKIP_COUNTER_SLOTS = 1024  # main process + up to 1023 DataLoader workers per dataset
 
 # AlexNet's PCA of ImageNet RGB pixels (values in [0, 1]), as used by fb.resnet.torch.
@@ -74,11 +72,6 @@ IMAGENET_PCA_EIGVEC = (
 )
 # PIL raises these for missing, truncated or undecodable files (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,14 +96,19 @@ class PCALighting(torch.nn.Module):
         return image + rgb_shift.view(3, 1, 1)
 
 
+# (transforms on the PIL image, transforms on the [0, 1] float tensor) for each setting of `photometric`.
+PHOTOMETRIC_TRANSFORMS: dict[str, Callable[[], tuple[list[Any], list[Any]]]] = {
+    "full": lambda: ([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], [PCALighting(0.1)]),
+    "reduced": lambda: ([v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)], []),
+    "none": lambda: ([], []),
+}
+
+
 def photometric_transforms(photometric: str) -> tuple[list[Any], list[Any]]:
     """(transforms on the PIL image, transforms on the [0, 1] float tensor) for one setting."""
-    _check_choice("photometric", photometric, PHOTOMETRIC)
-    if photometric == "full":
-        return [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], [PCALighting(0.1)]
-    if photometric == "reduced":
-        return [v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)], []
-    return [], []
+    if photometric not in PHOTOMETRIC_TRANSFORMS:
+        raise ValueError(f"photometric must be one of {tuple(PHOTOMETRIC_TRANSFORMS)}, got {photometric!r}")
+    return PHOTOMETRIC_TRANSFORMS[photometric]()
 
 
 def _to_normalized_tensor() -> list[Any]:
@@ -205,7 +203,6 @@ class ImageFolderSplit(Dataset):
     """
 
     def __init__(self, split_dir: Path, class_names: list[str], transform: Callable, on_corrupt: str):
-        _check_choice("on_corrupt", on_corrupt, ON_CORRUPT)
         self.split_dir, self.transform, self.on_corrupt = split_dir, transform, on_corrupt
         self.class_to_idx = {name: index for index, name in enumerate(class_names)}
         try:
@@ -241,7 +238,7 @@ class ImageFolderSplit(Dataset):
                 image = image.convert("RGB")  # forces the full decode inside the try
         except DECODE_ERRORS as error:
             reason = f"{type(error).__name__}: {error}"
-            if self.on_corrupt == "fail":
+            if self.on_corrupt != "skip":  # "fail"
                 raise DatasetError(
                     f"unreadable image file {path} ({reason}); fix or remove it, or set on_corrupt='skip'."
                 ) from error
@@ -347,8 +344,6 @@ class ImageNetDataModule(_LoaderSettings):
         drop_last: bool = True,
     ):
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, channels_last, drop_last)
-        _check_choice("photometric", photometric, PHOTOMETRIC)
-        _check_choice("on_corrupt", on_corrupt, ON_CORRUPT)
         self.data_dir = Path(data_dir).expanduser()
         self.image_size, self.photometric, self.on_corrupt = image_size, photometric, on_corrupt
         self._class_names: list[str] | None = None

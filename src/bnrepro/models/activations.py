@@ -1,4 +1,4 @@
-"""The nonlinearities the paper's networks use, by config name."""
+"""The nonlinearities the paper's networks use, by name (the names torch.nn.init's gains take)."""
 
 from torch import nn
 

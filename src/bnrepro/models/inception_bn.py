@@ -2,8 +2,8 @@
 
 Every convolution is a `ConvUnit`: conv -> BN -> nonlinearity (Sec. 3.2: BN goes right before
 the nonlinearity, per feature map, and the conv bias is dropped because BN's beta subsumes it).
-With ``norm="none"`` the BN layer is left out and the conv keeps its bias (the Inception
-baseline). There are no fully connected layers but the classifier. Differences from GoogLeNet
+The BN layer is ``norm_layer(channels)`` (default ``nn.BatchNorm2d``); with ``norm_layer=None`` it
+is left out and the conv keeps its bias (the Inception baseline). There are no fully connected layers but the classifier. Differences from GoogLeNet
 listed in the appendix: the 5x5 convolutions are replaced by two stacked 3x3 ("double 3x3"),
 28x28 gets 3 modules (3a-3c), pooling is average or max, and stride-2 modules (3c, 4e) replace
 the pooling layers between stages, with a pass-through (max-pool) branch instead of a projection.
@@ -13,7 +13,7 @@ channels for 4c and 4d (the output column says 576) and 1056 for 4e (1024). Two 
 
 * ``channel_reading="branches"`` (default): follow the branch columns exactly, like the Caffe
   and MXNet ports of BN-Inception: 4c/4d output 608, 4e outputs 1056, 5a-5b 1024.
-  **11,285,224 parameters** with 1000 classes (plain 7x7 stem, ``norm="bn"``; BN gamma/beta
+  **11,285,224 parameters** with 1000 classes (plain 7x7 stem, with BN; BN gamma/beta
   included, running statistics are buffers and not counted).
 * ``channel_reading="outputs"``: keep the output column, as TF-slim's ``inception_v2`` does, by
   using a 96-channel pool projection in 4c and 4d: 4c/4d output 576, 4e 1024.
@@ -24,7 +24,7 @@ Neither reaches the 13.6 M parameters the appendix text quotes; the table is wha
 7x7 depthwise, 8 filters per input channel, then a 1x1 pointwise to 64, BN + nonlinearity only
 after the pointwise, as in TF-slim) saves 6,696 parameters: 11,278,528 ("branches") /
 11,188,288 ("outputs").
-With ``norm="none"`` every conv keeps a bias instead of BN's (gamma, beta), one parameter per conv
+Without BN (``norm_layer=None``) every conv keeps a bias instead of BN's (gamma, beta), one parameter per conv
 channel fewer: 11,275,208 ("branches") / 11,185,032 ("outputs") with the plain stem.
 
 Spatial sizes: every 3x3 conv and pool uses padding 1, so 224 -> 112 (conv1) -> 56 (pool1) ->
@@ -45,7 +45,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from bnrepro.models.activations import activation as make_activation
-from bnrepro.nn.batchnorm import batch_norm, check_norm
+from bnrepro.nn.batchnorm import NormLayer
 
 __all__ = [
     "BNInception",
@@ -100,7 +100,7 @@ INCEPTION_TABLE: tuple[InceptionRow, ...] = (
 # channels so that those modules output the table's 576 (and 4e its 1024).
 OUTPUT_READING_PROJ = {"4c": 96, "4d": 96}
 
-PARAMETER_COUNTS = {  # num_classes=1000, 224 input, norm="bn", width 1, plain stem (see docstring)
+PARAMETER_COUNTS = {  # num_classes=1000, 224 input, with BN, width 1, plain stem (see docstring)
     "branches": 11_285_224,
     "outputs": 11_194_984,
 }
@@ -124,15 +124,14 @@ class ConvUnit(nn.Module):
         out_channels: int,
         kernel_size: int,
         stride: int = 1,
-        norm: str = "bn",
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
         activation: str = "relu",
     ):
         super().__init__()
-        use_bn = norm == "bn"
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=not use_bn
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=norm_layer is None
         )
-        self.bn = batch_norm(out_channels, spatial=True) if use_bn else None
+        self.bn = norm_layer(out_channels) if norm_layer is not None else None
         # Not in-place: diagnostics hook the BN output, which an in-place ReLU would overwrite.
         self.act = make_activation(activation)
         self.out_channels = out_channels
@@ -153,14 +152,14 @@ class SeparableStem(nn.Module):
     """Figure 5's first row with ``separable_stem=True``: 7x7/2 depthwise conv with depth
     multiplier 8 (linear, no bias, no BN, as TF-slim's separable_conv2d), then a 1x1 ConvUnit."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str, activation: str):
+    def __init__(self, in_channels: int, out_channels: int, norm_layer: NormLayer | None, activation: str):
         super().__init__()
         multiplier = min(max(1, out_channels // in_channels), SEPARABLE_DEPTH_MULTIPLIER)
         depthwise_channels = in_channels * multiplier
         self.depthwise = nn.Conv2d(
             in_channels, depthwise_channels, 7, stride=2, padding=3, groups=in_channels, bias=False
         )
-        self.pointwise = ConvUnit(depthwise_channels, out_channels, 1, norm=norm, activation=activation)
+        self.pointwise = ConvUnit(depthwise_channels, out_channels, 1, norm_layer=norm_layer, activation=activation)
         self.out_channels = out_channels
 
     @property
@@ -187,10 +186,15 @@ class InceptionModule(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, row: InceptionRow, norm: str, activation: str, width: "ChannelScaler"
+        self,
+        in_channels: int,
+        row: InceptionRow,
+        norm_layer: NormLayer | None,
+        activation: str,
+        width: "ChannelScaler",
     ):
         super().__init__()
-        unit = lambda c_in, c_out, k, stride=1: ConvUnit(c_in, c_out, k, stride, norm, activation)  # noqa: E731
+        unit = lambda c_in, c_out, k, stride=1: ConvUnit(c_in, c_out, k, stride, norm_layer, activation)  # noqa: E731
         s = row.stride
         self.branch_1x1 = unit(in_channels, width(row.n1x1), 1) if row.n1x1 else None
         reduce3, n3 = width(row.n3x3_reduce), width(row.n3x3)
@@ -251,7 +255,8 @@ class BNInception(nn.Module):
 
     Args:
         num_classes: classifier outputs (the only fully connected layer).
-        norm: "bn" (BN before every nonlinearity, conv bias dropped) or "none" (conv bias kept).
+        norm_layer: a channel count -> the normalization layer before every nonlinearity (conv bias
+            dropped; default per-feature-map BN, ``nn.BatchNorm2d``), or None: none (conv bias kept).
         activation: "relu" or "sigmoid" (Sec. 4.2.2's BN-x5-Sigmoid).
         dropout: dropout probability before the classifier; 0 disables it (Sec. 4.2.1 removes
             it for the accelerated BN nets; the original Inception used 0.4).
@@ -268,7 +273,7 @@ class BNInception(nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
-        norm: str = "bn",
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
         activation: str = "relu",
         dropout: float = 0.0,
         lrn: bool = False,
@@ -278,20 +283,19 @@ class BNInception(nn.Module):
         in_channels: int = 3,
     ):
         super().__init__()
-        check_norm(norm)
-        make_activation(activation)  # validates the name before anything is built
+        make_activation(activation)  # an unknown name fails before anything is built
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         rows = inception_rows(channel_reading)
-        self.num_classes, self.norm, self.activation_name = num_classes, norm, activation
+        self.num_classes, self.activation_name = num_classes, activation
         self.channel_reading = channel_reading
         width = ChannelScaler(width_multiplier)
         stem_width = ChannelScaler(width_multiplier, minimum=STEM_MIN_CHANNELS)
-        unit = lambda c_in, c_out, k, stride=1: ConvUnit(c_in, c_out, k, stride, norm, activation)  # noqa: E731
+        unit = lambda c_in, c_out, k, stride=1: ConvUnit(c_in, c_out, k, stride, norm_layer, activation)  # noqa: E731
 
         c1, c2_reduce, c2 = stem_width(64), stem_width(64), stem_width(192)
         conv1 = (
-            SeparableStem(in_channels, c1, norm, activation) if separable_stem else unit(in_channels, c1, 7, 2)
+            SeparableStem(in_channels, c1, norm_layer, activation) if separable_stem else unit(in_channels, c1, 7, 2)
         )
         layers: list[tuple[str, nn.Module]] = [("conv1", conv1), ("pool1", nn.MaxPool2d(3, 2, padding=1))]
         if lrn:  # GoogLeNet places LRN after pool1 and after conv2 (before pool2)
@@ -303,7 +307,7 @@ class BNInception(nn.Module):
 
         channels = c2
         for row in rows:
-            module = InceptionModule(channels, row, norm, activation, width)
+            module = InceptionModule(channels, row, norm_layer, activation, width)
             layers.append((f"inception_{row.name}", module))
             channels = module.out_channels
         self.features = nn.Sequential(OrderedDict(layers))

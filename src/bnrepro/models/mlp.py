@@ -1,24 +1,26 @@
 """The paper's MNIST network (Sec. 4.1): 784-100-100-100-10, sigmoid hidden units.
 
-With ``norm="bn"`` each hidden layer is ``Linear(bias=False) -> BN -> nonlinearity``: BN is
-applied to x = Wu, right before the nonlinearity, and the bias is dropped because BN's beta
-subsumes it (Sec. 3.2).
+With a ``norm_layer`` (default: per-activation BN, ``nn.BatchNorm1d``) each hidden layer is
+``Linear(bias=False) -> norm -> nonlinearity``: BN is applied to x = Wu, right before the
+nonlinearity, and the bias is dropped because BN's beta subsumes it (Sec. 3.2). With
+``norm_layer=None`` (the paper's baseline) it is ``Linear -> nonlinearity``.
 """
 
 from torch import Tensor, nn
 
 from bnrepro.models.activations import activation as make_activation
-from bnrepro.nn.batchnorm import batch_norm, check_norm
+from bnrepro.nn.batchnorm import NormLayer
 
 
 class HiddenLayer(nn.Module):
     """affine -> (BN) -> nonlinearity -> (dropout)."""
 
-    def __init__(self, in_features: int, out_features: int, norm: str, activation: str, dropout: float):
+    def __init__(
+        self, in_features: int, out_features: int, norm_layer: NormLayer | None, activation: str, dropout: float
+    ):
         super().__init__()
-        use_bn = norm == "bn"
-        self.affine = nn.Linear(in_features, out_features, bias=not use_bn)
-        self.bn = batch_norm(out_features, spatial=False) if use_bn else None
+        self.affine = nn.Linear(in_features, out_features, bias=norm_layer is None)
+        self.bn = norm_layer(out_features) if norm_layer is not None else None
         self.activation = make_activation(activation)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
@@ -41,16 +43,15 @@ class MLP(nn.Module):
         num_classes: int = 10,
         in_features: int = 784,
         widths: tuple[int, ...] = (100, 100, 100),
-        norm: str = "bn",
+        norm_layer: NormLayer | None = nn.BatchNorm1d,
         activation: str = "sigmoid",
         dropout: float = 0.0,
         init_std: float = 0.1,
     ):
         super().__init__()
-        check_norm(norm)
         sizes = [in_features, *widths]
         self.hidden = nn.ModuleList(
-            HiddenLayer(n_in, n_out, norm, activation, dropout) for n_in, n_out in zip(sizes, sizes[1:])
+            HiddenLayer(n_in, n_out, norm_layer, activation, dropout) for n_in, n_out in zip(sizes, sizes[1:])
         )
         self.classifier = nn.Linear(sizes[-1], num_classes)
         self._init_weights(init_std)

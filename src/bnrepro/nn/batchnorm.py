@@ -1,26 +1,22 @@
-"""Batch normalization as the models use it (Ioffe & Szegedy 2015, Algorithm 1).
+"""Batch normalization as the models take it (Ioffe & Szegedy 2015, Algorithm 1).
 
-Models ask for a BN layer through `batch_norm` so every network gets the same torch defaults
-(momentum 0.1, eps 1e-5, learnable gamma/beta); under DDP `nn.sync_batchnorm` swaps these
-modules for synchronized ones.
+Models take a `NormLayer`, the torchvision/timm idiom: a callable from a channel count to a layer
+(e.g. ``torch.nn.BatchNorm2d``), or None for no normalization; the config gives it as a `_partial_`
+node (conf/norm/). Under DDP `nn.sync_batchnorm` swaps the BN layers for synchronized ones.
 """
+
+from collections.abc import Callable
 
 from torch import nn
 
-NORMS = ("bn", "none")
-
-
-def batch_norm(num_features: int, spatial: bool) -> nn.Module:
-    """Per-activation BN for (N, C) inputs, per-feature-map BN for (N, C, H, W) (Sec. 3.2)."""
-    return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
-
-
-def check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+NormLayer = Callable[[int], nn.Module]
 
 
 def batchnorm_classes(module: nn.Module) -> str:
-    """The BN implementations inside `module` ("none" without BN): shows whether BN was synchronized."""
-    names = {type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    """The BN implementations inside `module` ("none" without BN), by class name: shows whether BN was synchronized.
+
+    By name because torch has no public base class shared by BatchNorm1d/2d/3d, SyncBatchNorm and
+    bnrepro's DistributedBatchNorm.
+    """
+    names = {type(m).__name__ for m in module.modules() if "BatchNorm" in type(m).__name__}
     return ",".join(sorted(names)) or "none"
