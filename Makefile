@@ -20,9 +20,10 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 IMAGENET_DIR_ARG := $(if $(filter-out data/imagenet,$(IMAGENET_DIR)),data.data_dir=$(IMAGENET_DIR))
 FASHION_MNIST_DIR_ARG := $(if $(filter-out /usr/share/datasets/fashion-mnist,$(FASHION_MNIST_DIR)),data.data_dir=$(FASHION_MNIST_DIR))
 
-.PHONY: install test test-slow demo train ui clean reproduce-mnist report reproduce-imagenet reproduce-proxy reproduce bench-inception bench
+.PHONY: help install test test-slow lint demo train ui clean reproduce-mnist report reproduce-imagenet reproduce-proxy reproduce \
+	bench-inception bench
 
-install: $(STAMP)
+install: $(STAMP) ## Create .venv and install the package with its dev extras (again when pyproject.toml changes)
 
 # Re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -31,62 +32,72 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) ## The fast test suite (what CI runs after lint)
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) ## The slow end-to-end tests (pytest -m slow)
 	$(PY) -m pytest -m slow -q
 
+# Fix what it reports with `.venv/bin/ruff check --fix` and `.venv/bin/ruff format` (settings: pyproject.toml).
+lint: $(STAMP) ## ruff: lint, and check the formatting, of the whole tree
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Every target with a `## ` description on its line, in the order of this file.
+help: ## List the targets, one line each
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## /\1\t/' \
+		| awk -F '\t' '{printf "  %-20s %s\n", $$1, $$2}'
+
 # The main job on the embedded data: BN vs no BN on mnist_mini, then the comparison read back from MLflow.
-demo: $(STAMP)
+demo: $(STAMP) ## BN vs no BN on the bundled MNIST digits, then the comparison from MLflow
 	$(ONE_THREAD) $(TRAIN) -m experiment=mnist_fig1 data=mnist_mini norm=bn,none trainer.max_steps=3000 \
 		trainer.enable_progress_bar=false sweep_name=demo $(ARGS)
 	$(PY) -m bnrepro.report.summary demo
 
-train: $(STAMP)
+train: $(STAMP) ## One run: train.py with the overrides in ARGS
 	$(TRAIN) $(ARGS)
 
-ui: $(STAMP)
+ui: $(STAMP) ## The MLflow UI over outputs/mlflow.db on HOST:PORT (127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
 
 # An MLflow tracking server over the same SQLite store, for many parallel writers (e.g. a joblib or
 # submitit sweep): one process owns the database file. Binds to $(HOST) (127.0.0.1: this machine only);
 # point jobs at it with MLFLOW_TRACKING_URI=http://$(HOST):$(PORT). See README "When things go wrong".
 .PHONY: tracking-server
-tracking-server: $(STAMP)
+tracking-server: $(STAMP) ## An MLflow tracking server over the same store, for many parallel writers
 	$(VENV)/bin/mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/outputs/mlartifacts \
 		--host $(HOST) --port $(PORT)
 
-clean:
+clean: ## Delete runs, sweeps, reports, benchmarks, the MLflow store and caches under outputs/
 	rm -rf outputs/runs outputs/multirun outputs/reports outputs/bench outputs/mlflow.db outputs/mlflow.db.lock outputs/mlartifacts outputs/cache
 
 # The paper's Figure 1 experiment (sweeps/mnist_fig1.yaml): BN vs no BN, seeds $(SEEDS), 50,000 steps at
 # batch 60. Full MNIST by default; offline: `make reproduce-mnist DATA=mnist_mini`; more overrides in ARGS.
-reproduce-mnist: $(STAMP)
+reproduce-mnist: $(STAMP) ## Figure 1 (Sec. 4.1): BN vs no BN, seeds SEEDS (0,1,2), on DATA (mnist; offline: mnist_mini)
 	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
 
 # Figure 1(a,b,c), the comparison table and every claim's verdict for a sweep (default: the latest
 # mnist_fig1), written to outputs/reports/<sweep>/ and logged to the sweep's parent MLflow run.
-report: $(STAMP)
+report: $(STAMP) ## Figures, tables and claim verdicts of the sweep SWEEP (mnist_fig1)
 	$(PY) -m bnrepro.report $(SWEEP)
 
 # The paper's Figure 3 on ImageNet (sweeps/imagenet_fig3.yaml): the five configurations and the paper's two
 # extra runs, one GPU per job, batch 32 per GPU, ImageNet in $(IMAGENET_DIR)/{train,val}/<wnid>/*.JPEG.
 # Then `make report SWEEP=imagenet_fig3`. Cost: README ("Figure 3 on ImageNet"); more overrides in ARGS.
-reproduce-imagenet: $(STAMP)
+reproduce-imagenet: $(STAMP) ## Figure 3 (Sec. 4.2) on ImageNet in IMAGENET_DIR, one GPU per job
 	$(TRAIN) -m -cd sweeps -cn imagenet_fig3 $(IMAGENET_DIR_ARG) $(ARGS)
 
 # The CPU proxy of Figure 3 (sweeps/inception_proxy.yaml): the same seven configurations, width-0.25
 # BN-Inception on Fashion-MNIST at 32x32 (apt-get install dataset-fashion-mnist), 2 seeds, one intra-op
 # thread per job. Then `make report SWEEP=inception_proxy`.
-reproduce-proxy: $(STAMP)
+reproduce-proxy: $(STAMP) ## Figure 3's CPU proxy: BN-Inception at width 0.25 on Fashion-MNIST
 	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn inception_proxy $(FASHION_MNIST_DIR_ARG) $(ARGS)
 
 # Every reproduction this machine can run, each followed by its report: MNIST (full MNIST when
 # data/MNIST/raw holds it, else the offline mnist_mini), the proxy (when Fashion-MNIST is installed) and
 # ImageNet (when $(IMAGENET_DIR) holds train/ and val/ and a CUDA GPU is present). Says what it skipped and why;
 # exits non-zero if a reproduction that ran failed.
-reproduce: $(STAMP)
+reproduce: $(STAMP) ## Every reproduction this machine can run, each with its report
 	@status=0; skipped=""; \
 	if ls data/MNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then mnist=mnist; else mnist=mnist_mini; \
 		echo "reproduce: full MNIST is not in data/MNIST/raw: MNIST runs on mnist_mini (5,000 offline digits)"; fi; \
@@ -105,12 +116,12 @@ reproduce: $(STAMP)
 
 # Training images/s of BN-Inception on fake ImageNet (CUDA: bf16, channels_last, batch 256; CPU: batch 8,
 # a few steps), the CPU proxy's step time, and the real-JPEG loader's images/s: outputs/bench/inception.json.
-bench-inception: $(STAMP)
+bench-inception: $(STAMP) ## BN-Inception training throughput, proxy step time, JPEG loader speed
 	$(PY) benchmarks/bench_inception.py $(ARGS)
 
 # The framework against a hand-written PyTorch loop on mnist_fig1: per-step time ratio (norm=bn and none),
 # MLflow overhead, start-up to the first step, and a 4-job sweep serial vs parallel (joblib); a table, and
 # JSON in outputs/bench/ (benchmarks/README.md). Both sides run with the thread setting of reproduce-mnist.
 # ~13 min on 2 cores; QUICK=1: fewer steps (~2 min); options in ARGS (see --help).
-bench: $(STAMP)
+bench: $(STAMP) ## Framework vs hand-written loop per step, MLflow overhead, start-up, sweeps (QUICK=1)
 	$(ONE_THREAD) $(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)

@@ -4,13 +4,13 @@ import inspect
 
 import lightning as L
 import pytest
+from conftest import CONF, compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 from torch import nn
 
 from bnrepro.config import SCHEMAS, ConfigError, validate
-from conftest import CONF, compose_config
 
 GROUPS = (*SCHEMAS, "experiment")
 

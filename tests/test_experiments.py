@@ -9,15 +9,15 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from test_fashion_mnist import write_fashion_mnist
 
 from bnrepro.config import validate
 from bnrepro.module import Classifier
 from bnrepro.run import train
 from bnrepro.tracking import JobInfo
-from conftest import ROOT, compose_config
-from test_fashion_mnist import write_fashion_mnist
 
 FIGURE3 = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")
 EXTRA_RUNS = ("inception_x5", "inception_sigmoid")  # the paper's diverging and non-training runs
@@ -32,12 +32,18 @@ BASELINE = dict(weight_decay=BASELINE_WD, decay_every_steps=BASELINE_DECAY)
 RECIPES = {
     "inception": dict(norm="none", lr=0.0015, dropout=0.4, lrn=True, activation="relu", photometric="full", **BASELINE),
     "bn_baseline": dict(norm="bn", lr=0.0015, dropout=0.4, lrn=True, activation="relu", photometric="full", **BASELINE),
-    "bn_x5": dict(norm="bn", lr=0.0075, dropout=0.0, lrn=False, activation="relu", photometric="reduced", **ACCELERATED),
-    "bn_x30": dict(norm="bn", lr=0.045, dropout=0.0, lrn=False, activation="relu", photometric="reduced", **ACCELERATED),
+    "bn_x5": dict(
+        norm="bn", lr=0.0075, dropout=0.0, lrn=False, activation="relu", photometric="reduced", **ACCELERATED
+    ),
+    "bn_x30": dict(
+        norm="bn", lr=0.045, dropout=0.0, lrn=False, activation="relu", photometric="reduced", **ACCELERATED
+    ),
     "bn_x5_sigmoid": dict(
         norm="bn", lr=0.0075, dropout=0.0, lrn=False, activation="sigmoid", photometric="reduced", **ACCELERATED
     ),
-    "inception_x5": dict(norm="none", lr=0.0075, dropout=0.4, lrn=True, activation="relu", photometric="full", **BASELINE),
+    "inception_x5": dict(
+        norm="none", lr=0.0075, dropout=0.4, lrn=True, activation="relu", photometric="full", **BASELINE
+    ),
     "inception_sigmoid": dict(
         norm="none", lr=0.0015, dropout=0.4, lrn=True, activation="sigmoid", photometric="full", **BASELINE
     ),
@@ -60,7 +66,7 @@ SMALL_FAKE_IMAGENET = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def composed(*overrides: str):
     """compose_config, cached: tests only read the configs they share."""
     return compose_config(*overrides)

@@ -44,7 +44,7 @@ def splits(root: Path, **kwargs):
 def test_images_keep_their_channel_and_spatial_dims(tmp_path):
     train, test = splits(write_fashion_mnist(tmp_path), image_size=28, standardize=False)
     assert train.inputs.shape == (TRAIN, 1, 28, 28) and test.inputs.shape == (TEST, 1, 28, 28)
-    assert train.inputs.dtype == torch.float32 and 0.0 <= train.inputs.min() and train.inputs.max() <= 1.0
+    assert train.inputs.dtype == torch.float32 and train.inputs.min() >= 0.0 and train.inputs.max() <= 1.0
     assert train.targets.dtype == torch.int64 and train.targets.tolist() == [i % 10 for i in range(TRAIN)]
 
 

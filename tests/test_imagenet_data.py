@@ -98,7 +98,7 @@ def test_channels_last_batches(imagenet_dir):
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="does not exist.*train/<wnid>"):
-        datamodule(tmp_path / "nowhere").num_classes
+        _ = datamodule(tmp_path / "nowhere").num_classes
 
 
 def test_missing_split_is_a_clear_error(imagenet_dir):
@@ -171,7 +171,7 @@ def test_fake_imagenet_batch_shapes():
     x, y = next(iter(dm.train_dataloader()))
     assert dm.num_classes == 10 and dm.steps_per_batch == 1
     assert x.shape == (1, 4, 3, SIZE, SIZE) and y.shape == (1, 4) and y.dtype == torch.int64
-    assert 0 <= y.min() and y.max() < 10
+    assert y.min() >= 0 and y.max() < 10
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (4, 3, SIZE, SIZE) and y.shape == (4,)
     assert len(list(dm.train_dataloader())) == 3
@@ -184,7 +184,7 @@ def test_fake_imagenet_is_deterministic_given_the_seed():
         return [dm.train_set[i] for i in range(5)] + [dm.val_set[i] for i in range(5)]
 
     first, again, other = samples(0), samples(0), samples(1)
-    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again))
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0][0], other[0][0])
     assert not torch.equal(first[0][0], first[5][0])  # train and val streams differ
 

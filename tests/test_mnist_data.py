@@ -83,7 +83,7 @@ def test_mnist_mini_is_a_stratified_80_20_split_of_5000_digits():
     train, test = datamodule.train_split, datamodule.test_split
     assert (len(train), len(test)) == (4000, 1000)
     assert test.targets.bincount().tolist() == [100] * 10
-    assert train.inputs.shape[1] == 784 and 0 <= train.inputs.min() and train.inputs.max() <= 1
+    assert train.inputs.shape[1] == 784 and train.inputs.min() >= 0 and train.inputs.max() <= 1
 
 
 def test_mnist_mini_split_is_fixed_across_instances():

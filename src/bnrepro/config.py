@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -174,7 +174,7 @@ class FashionMNISTData(InMemoryData):
     image_size: int = 32
     channels: int = 1
     standardize: bool = True
-    test_size: Optional[int] = None  # evaluate on the first N test images (None: all 10,000)
+    test_size: int | None = None  # evaluate on the first N test images (None: all 10,000)
 
 
 @dataclass
@@ -184,7 +184,7 @@ class ImageBatchData:
     _target_: str = MISSING
     image_size: int = 224
     batch_size: int = 32  # per device: the paper's 32 per replica
-    eval_batch_size: Optional[int] = None  # None: batch_size
+    eval_batch_size: int | None = None  # None: batch_size
     num_workers: int = 8
     pin_memory: bool = True
     channels_last: bool = False
@@ -244,7 +244,7 @@ class LoopConfig:
 @dataclass
 class LoggerConfig:
     kind: LoggerKind = MISSING
-    tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; default: sqlite under outputs/
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default: sqlite under outputs/
     experiment_name: str = "bnrepro"
     heartbeat_seconds: float = 60.0  # how often a running job refreshes its run's bnrepro.heartbeat tag (0: never)
     stale_after_seconds: float = 600.0  # a RUNNING run silent this long is marked FAILED ("lost") at the next start
@@ -253,7 +253,7 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    sweep_name: Optional[str] = None  # names a multirun's parent run (set by the files in sweeps/)
+    sweep_name: str | None = None  # names a multirun's parent run (set by the files in sweeps/)
     model: ModelConfig = MISSING
     norm: NormConfig = MISSING
     optim: OptimConfig = MISSING
@@ -267,7 +267,7 @@ class TrainConfig:
     # Where to continue from: a run id, a run's output directory, or "auto" (the checkpoint of an
     # unfinished run with this job's identity; skip if one already FINISHED). null: "auto" for the
     # jobs of a multirun, a fresh run otherwise. See bnrepro.resume.
-    resume: Optional[str] = None
+    resume: str | None = None
     rerun: bool = False  # true: always start a fresh run, even if an identical one finished or can be resumed
 
 
@@ -354,7 +354,10 @@ def _validate_reliability(cfg: DictConfig) -> None:
         bound = divergence.max_loss
         _require(bound > 0, f"callbacks.divergence.max_loss must be > 0 or null (no bound), got {bound}")
     beat, stale = cfg.logger.heartbeat_seconds, cfg.logger.stale_after_seconds
-    _require(beat >= 0 and stale >= 0, f"logger.heartbeat_seconds and logger.stale_after_seconds must be >= 0, got {beat} and {stale}")
+    _require(
+        beat >= 0 and stale >= 0,
+        f"logger.heartbeat_seconds and logger.stale_after_seconds must be >= 0, got {beat} and {stale}",
+    )
     _require(
         stale == 0 or 0 < beat < stale,
         f"logger.stale_after_seconds={stale} must exceed logger.heartbeat_seconds={beat} > 0, or be 0 "
@@ -382,7 +385,7 @@ def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
             f"unknown key {path}{unknown[0] if unknown else ''} (not in {schema.__name__}; "
             f"known keys: {', '.join(sorted(known - {'_target_'}))})",
         )
-    for key in node.keys():
+    for key in node:
         if OmegaConf.is_missing(node, key):
             continue
         child = node.get(key)

@@ -92,7 +92,8 @@ class FashionMNISTDataModule(InMemoryDataModule):
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(
-                f"{image_file} / {label_file}: expected (N, H, W) images and N labels, got {images.shape} and {labels.shape}"
+                f"{image_file} / {label_file}: expected (N, H, W) images and N labels, "
+                f"got {images.shape} and {labels.shape}"
             )
         return Split(self._to_images(torch.from_numpy(images.copy())), torch.from_numpy(labels.astype(np.int64)))
 

@@ -376,9 +376,7 @@ class ImageNetDataModule(_LoaderSettings):
         self.train_set = ImageFolderSplit(
             self.data_dir / "train", names, train_transform(self.image_size, self.photometric), self.on_corrupt
         )
-        self.val_set = ImageFolderSplit(
-            self.data_dir / "val", names, eval_transform(self.image_size), self.on_corrupt
-        )
+        self.val_set = ImageFolderSplit(self.data_dir / "val", names, eval_transform(self.image_size), self.on_corrupt)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

