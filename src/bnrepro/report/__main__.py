@@ -6,7 +6,8 @@ latest sweep of that name wins) and writes, under outputs/reports/<sweep name>/:
 * fig1a.png             test accuracy vs steps, mean over seeds with a min-max band (Fig. 1a)
 * fig1b.png, fig1c.png  {15,50,85}th percentiles of a typical last-hidden-layer unit without / with BN
 * report.md             data, steps and seeds; the comparison table; the claims and their verdicts
-* claims.json           the same verdicts, machine-readable
+* claims.json           the same verdicts, machine-readable: per claim the runs used, the effect, its
+                        interval, the test and correction (byte-identical on the same store)
 
 then uploads that folder as artifacts (``report/``) of the sweep's parent run. Exit code 2 with
 one line on stderr for an unknown sweep or a malformed claims file.
@@ -17,7 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-from bnrepro.report.claims import CLAIMS_FILE, ClaimsFileError, Result, evaluate, load_claims, unusable_reason
+from bnrepro.report.claims import (
+    CLAIMS_FILE,
+    Claim,
+    ClaimsFileError,
+    Result,
+    evaluate,
+    in_scope,
+    load_claims,
+    unusable_reason,
+)
 from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_unit
 from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep, numeric_order
 from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
@@ -38,6 +48,7 @@ def write_report(
     out_dir = Path(out_dir) if out_dir is not None else REPORTS_DIR / _safe_name(sweep.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = evaluate(registry, sweep.runs)
+    out_of_scope = [claim for claim in registry.claims if not in_scope(claim, sweep.runs)]
     groups = group_by_configuration(sweep.runs)
     about = provenance(sweep)
     title = f"sweep {sweep.name}: data {about['data']} (binarize={about['binarize']}), {about['max_steps']} steps, seeds {about['seeds']}"
@@ -50,8 +61,9 @@ def write_report(
     notes += [note] if note else []
     target, rule = table_target(results, groups)
     rows = comparison_rows(groups, target, registry.published)
-    (out_dir / "report.md").write_text(report_markdown(sweep, about, rows, target, rule, results, figures, notes))
-    (out_dir / "claims.json").write_text(json.dumps(claims_document(sweep, about, results, claims_file), indent=2) + "\n")
+    (out_dir / "report.md").write_text(report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope))
+    document = claims_document(sweep, about, results, out_of_scope, claims_file)
+    (out_dir / "claims.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     if upload:
         from bnrepro.tracking import log_report  # writing to MLflow happens in tracking.py only
 
@@ -81,7 +93,10 @@ def _first_run_with_diagnostics(runs: list[RunRecord]) -> tuple[RunRecord, str] 
     return None
 
 
-def claims_document(sweep: Sweep, about: dict[str, str], results: list[Result], claims_file: Path | str) -> dict:
+def claims_document(
+    sweep: Sweep, about: dict[str, str], results: list[Result], out_of_scope: list[Claim], claims_file: Path | str
+) -> dict:
+    """claims.json: per judged claim the runs used, effect, interval, test, correction and verdict."""
     return {
         "sweep": sweep.name,
         "sweep_id": sweep.sweep_id,
@@ -90,6 +105,7 @@ def claims_document(sweep: Sweep, about: dict[str, str], results: list[Result], 
         "provenance": about,
         "verdicts": {result.claim.id: result.verdict.value for result in results},
         "claims": [result.to_dict() for result in results],
+        "not_judged": {"reason": "the sweep has no runs of their experiments", "claims": [claim.id for claim in out_of_scope]},
     }
 
 

@@ -1,21 +1,25 @@
 """The paper's testable claims (claims.yaml) and their verdicts on the runs of a sweep.
 
 A claim selects the runs of one or more configurations (tag selectors, within its experiment),
-computes one statistic per run (`STATISTICS`), aggregates the seeds of every configuration
-(mean, std, min, max) and hands the aggregates to its comparison (`COMPARISONS`).
+computes one statistic per run (`STATISTICS`) and turns the seeds of every configuration into
+checks: an effect (a difference, a log ratio, a mean) with a confidence interval (statistics.py)
+that includes the seed-to-seed spread (seeds are the replicates) and, for accuracies, the
+evaluation set's binomial sampling error (its size: the run's `eval_examples` param, else the
+claim's `protocol.eval_examples` for the run's data set).
 
-Verdicts:
-* PASS: the comparison holds on the means, and also between the seed ranges (the worst seed of
-  the configuration that should win beats the best seed of the other), i.e. the gap is larger
-  than the seed-to-seed spread;
-* WITHIN_NOISE: it holds on the means only; the gap is inside the seed-to-seed spread. Not a pass;
-* FAIL: it does not hold on the means;
+Verdicts (the claims judged in one report are corrected together with Holm-Bonferroni, `judge`):
+* PASS: every check's interval lies on the claimed side of its bound at the corrected level;
+* FAIL: some check's interval lies on the other side (at the Bonferroni level alpha / m);
+* INCONCLUSIVE: neither; the result says about how many seeds per configuration would resolve
+  it. Fewer than 3 usable seeds in a compared configuration, or a censored seed in the
+  configuration claimed to be faster, is INCONCLUSIVE at best;
 * NOT_RUN: it cannot be judged, and `reason` says why (the sweep lacks the experiment or a
-  configuration, runs diverged or failed, fewer usable seeds than the claim's `min_seeds`, the
-  metric was not logged, no configuration reached the target).
+  configuration, runs shorter than the claim's protocol, every run diverged or failed, the
+  metric was not logged or is NaN, too few evaluations, evaluation set size unknown).
 
 A run is usable when it FINISHED and is not tagged `bnrepro.outcome=diverged`. A diverged run
-is unusable for every comparison except `diverges`, for which divergence is the expected outcome.
+is unusable for every comparison except `diverges`, for which divergence is the expected outcome;
+diverged runs are counted in the result's reason either way.
 """
 
 import math
@@ -30,6 +34,16 @@ from typing import Any
 import yaml
 
 from bnrepro.report.runs import RunRecord, configuration_of, numeric_order, varying_values
+from bnrepro.report.statistics import (
+    DEFAULT_LEVEL,
+    Estimate,
+    binomial_se_bound,
+    difference_estimate,
+    holm_levels,
+    log_ratio_estimate,
+    mean_estimate,
+    seeds_needed,
+)
 from bnrepro.tracking import FAILURE_TAG
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
@@ -42,8 +56,21 @@ class ClaimsFileError(ValueError):
 class Verdict(str, Enum):
     PASS = "PASS"
     FAIL = "FAIL"
-    WITHIN_NOISE = "WITHIN_NOISE"
+    INCONCLUSIVE = "INCONCLUSIVE"
     NOT_RUN = "NOT_RUN"
+
+
+MIN_SEEDS_FOR_A_VERDICT = 3  # fewer usable seeds per compared configuration: INCONCLUSIVE at best
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the claim was published under: runs shorter than `steps` cannot judge the end of training."""
+
+    steps: int | None = None  # the paper's training length (None: not fixed by the paper)
+    eval_every: int | None = None  # evaluation interval in steps
+    eval_examples: dict[str, int] = field(default_factory=dict)  # data tag -> evaluation set size, for runs
+    # that do not log the `eval_examples` param
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -64,6 +91,9 @@ class Claim:
     scale: str = "any"
     full_scale: dict[str, Any] | None = None
     published: Any = None
+    protocol: Protocol = field(default_factory=Protocol)
+    scale_free: bool = False  # judged on shorter runs too, labelled with the step they ended at
+    margin: float | None = None  # equivalent: the largest difference that still counts as equal
 
 
 @dataclass(frozen=True)
@@ -83,7 +113,7 @@ class Registry:
 
 CLAIM_KEYS = {
     "id", "paper", "source", "experiment", "comparison", "configurations", "metric", "better",
-    "at_least", "at_most", "tolerance", "min_seeds", "scale", "full_scale", "published",
+    "at_least", "at_most", "tolerance", "min_seeds", "scale", "full_scale", "published", "protocol", "scale_free", "margin",
 }  # fmt: skip
 
 
@@ -156,9 +186,26 @@ def _parse_claim(entry: Any) -> Claim:
         scale=entry.get("scale", "any"),
         full_scale=entry.get("full_scale"),
         published=entry.get("published"),
+        protocol=_parse_protocol(entry.get("protocol") or {}),
+        scale_free=bool(entry.get("scale_free", False)),
+        margin=_number(entry, "margin"),
     )
     _check_claim(claim)
     return claim
+
+
+def _parse_protocol(entry: Any) -> Protocol:
+    if not isinstance(entry, dict) or set(entry) - {"steps", "eval_every", "eval_examples"}:
+        raise ValueError(f"protocol must be {{steps, eval_every, eval_examples: {{data: n}}}}, got {entry!r}")
+    examples = entry.get("eval_examples") or {}
+    if not isinstance(examples, dict):
+        raise ValueError(f"protocol.eval_examples must map a data set to its evaluation set size, got {examples!r}")
+    steps, every = entry.get("steps"), entry.get("eval_every")
+    return Protocol(
+        None if steps is None else int(steps),
+        None if every is None else int(every),
+        {str(k): int(v) for k, v in examples.items()},
+    )
 
 
 def _number(entry: dict, key: str) -> float | None:
@@ -185,6 +232,8 @@ def _check_claim(claim: Claim) -> None:
             raise ValueError("ordering needs at least 2 configurations (best first) and better: higher|lower")
     if claim.comparison in ("ratio", "threshold") and claim.at_least is None and claim.at_most is None:
         raise ValueError(f"{claim.comparison} needs at_least and/or at_most")
+    if claim.comparison == "equivalent" and (count != 2 or claim.margin is None or claim.margin <= 0):
+        raise ValueError("equivalent needs exactly 2 configurations and a positive margin")
     if claim.comparison == "ratio" and count != 2:
         raise ValueError("ratio needs exactly 2 configurations: [numerator, denominator]")
     if claim.min_seeds < 1:
@@ -263,11 +312,17 @@ def min_value(run: RunRecord, metric: dict) -> float | None:
 
 
 def steps_to_reach(run: RunRecord, metric: dict) -> float | None:
-    """The first evaluation step at which the series reaches `target` (resolved to a number); inf if never."""
+    """The first evaluation step at which the series reaches `target` (resolved to a number); a run
+    that never does is right-censored at its last evaluation (`is_censored` tells which)."""
     points = _series(run, metric)
     if not points:
         return None
-    return next((float(step) for step, value in points if value >= metric["target"]), math.inf)
+    return next((float(step) for step, value in points if value >= metric["target"]), float(points[-1][0]))
+
+
+def is_censored(run: RunRecord, metric: dict) -> bool:
+    """steps_to_reach: the run never reached the target (its value is only a lower bound)."""
+    return all(value < metric["target"] for _, value in _series(run, metric))
 
 
 def percentile_drift(run: RunRecord, metric: dict) -> float | None:
@@ -327,14 +382,14 @@ class Aggregate:
     min: float
     max: float
     n: int
+    median: float = math.nan
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Aggregate":
-        """Mean, spread and range of one value per seed (a never-reached target counts as inf)."""
+        """Mean, spread, range and median of one value per seed."""
         values = list(values)
-        finite = all(math.isfinite(v) for v in values)
-        std = statistics.stdev(values) if len(values) > 1 and finite else (0.0 if len(values) == 1 else math.nan)
-        return cls(statistics.fmean(values), std, min(values), max(values), len(values))
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, min(values), max(values), len(values), statistics.median(values))
 
 
 @dataclass
@@ -345,6 +400,8 @@ class Group:
     runs: list[RunRecord]  # every run of the claim's experiment(s) the selector matches
     values: dict[str, float] = field(default_factory=dict)  # usable run id -> statistic
     excluded: dict[str, str] = field(default_factory=dict)  # run id -> why it was left out
+    censored: list[str] = field(default_factory=list)  # steps_to_reach: run ids that never reached the target
+    eval_examples: int | None = None  # the smallest evaluation set of its usable runs
     aggregate: Aggregate | None = None
 
     @property
@@ -355,14 +412,81 @@ class Group:
     def seeds(self) -> list[str]:
         return sorted({run.seed for run in self.runs if run.run_id in self.values}, key=numeric_order)
 
+    @property
+    def samples(self) -> list[float]:
+        return [self.values[run_id] for run_id in sorted(self.values)]
+
     def to_dict(self) -> dict:
         return {
             "configuration": self.selector,
-            "runs": len(self.runs),
+            "runs": sorted(self.values),
             "seeds": self.seeds,
-            "values": [_json_number(v) for v in self.values.values()],
-            "excluded": self.excluded,
+            "values": {run_id: _json_number(self.values[run_id]) for run_id in sorted(self.values)},
+            "excluded": dict(sorted(self.excluded.items())),
+            "censored": sorted(self.censored),
+            "eval_examples": self.eval_examples,
             "aggregate": None if self.aggregate is None else {k: _json_number(v) for k, v in vars(self.aggregate).items()},
+        }
+
+
+@dataclass(frozen=True)
+class Check:
+    """One statement a claim makes about an effect: effect > above and/or effect < below."""
+
+    label: str  # what the effect is, e.g. "final val/acc: norm=bn - norm=none"
+    estimate: Estimate
+    above: float | None = None
+    below: float | None = None
+    seed_sd: float = 0.0  # the seeds' standard deviation, for the seeds-needed estimate
+    eval_se: float = 0.0  # the evaluation set's standard error of the effect (binomial bound)
+    log_scale: bool = False  # the effect is log(ratio): shown as the ratio
+
+    @property
+    def p_holds(self) -> float:
+        """Two-sided-equivalent p-value of the statement (for two bounds: the larger one, i.e. TOST)."""
+        return max(p for p in (self._p(self.above, True), self._p(self.below, False)) if p is not None)
+
+    @property
+    def p_fails(self) -> float:
+        """p-value of the opposite statement (the effect lies beyond one of the bounds)."""
+        return min(p for p in (self._p(self.above, False), self._p(self.below, True)) if p is not None)
+
+    def _p(self, bound: float | None, above: bool) -> float | None:
+        if bound is None:
+            return None
+        return self.estimate.p_above(bound) if above else self.estimate.p_below(bound)
+
+    def seeds_needed(self, alpha: float) -> int | None:
+        bounds = [b for b in (self.above, self.below) if b is not None]
+        distance = min(abs(self.estimate.value - bound) for bound in bounds)
+        return seeds_needed(distance, self.seed_sd, self.eval_se, alpha)
+
+    def describe(self, level: float) -> str:
+        low, high = self.estimate.interval(level)
+        show = math.exp if self.log_scale else (lambda value: value)
+        claimed = " and ".join(
+            text for text in (
+                None if self.above is None else f"> {_fmt(show(self.above))}",
+                None if self.below is None else f"< {_fmt(show(self.below))}",
+            ) if text
+        )  # fmt: skip
+        return f"{self.label} = {_fmt(show(self.estimate.value))}, {level:.1%} CI [{_fmt(show(low))}, {_fmt(show(high))}] (claimed {claimed})"
+
+    def to_dict(self, level: float) -> dict:
+        low, high = self.estimate.interval(level)
+        show = math.exp if self.log_scale else (lambda value: value)
+        return {
+            "effect": self.label,
+            "estimate": _json_number(show(self.estimate.value)),
+            "interval": [_json_number(show(low)), _json_number(show(high))],
+            "level": round(level, 6),
+            "claimed_above": None if self.above is None else _json_number(show(self.above)),
+            "claimed_below": None if self.below is None else _json_number(show(self.below)),
+            "se": _json_number(self.estimate.se),
+            "df": _json_number(self.estimate.df),
+            "eval_se": _json_number(self.eval_se),
+            "scale": "log ratio" if self.log_scale else "difference",
+            "p_holds": _json_number(self.p_holds),
         }
 
 
@@ -373,6 +497,16 @@ class Result:
     reason: str  # NOT_RUN: why; otherwise what was compared
     groups: list[Group] = field(default_factory=list)
     target: float | None = None  # steps_to_reach: the accuracy the steps were counted to
+    target_rule: str = ""  # how the target was chosen
+    checks: list[Check] = field(default_factory=list)
+    caps: list[str] = field(default_factory=list)  # why the verdict can be INCONCLUSIVE at best
+    scale: str = ""  # scale-free claims judged on shorter runs: the step they were judged at
+    level: float = DEFAULT_LEVEL  # the confidence level of the intervals, after the correction
+    correction: str = "none"
+
+    @property
+    def p_holds(self) -> float | None:
+        return max((check.p_holds for check in self.checks), default=None)
 
     def to_dict(self) -> dict:
         claim = self.claim
@@ -385,120 +519,111 @@ class Result:
             "experiment": list(claim.experiments),
             "comparison": claim.comparison,
             "metric": claim.metric,
-            "bounds": {"at_least": claim.at_least, "at_most": claim.at_most, "tolerance": claim.tolerance},
-            "min_seeds": claim.min_seeds,
-            "scale": claim.scale,
+            "bounds": {"at_least": claim.at_least, "at_most": claim.at_most, "tolerance": claim.tolerance, "margin": claim.margin},
+            "protocol": vars(claim.protocol),
+            "scale": self.scale or claim.scale,
             "published": claim.published,
             "target": self.target,
+            "target_rule": self.target_rule,
+            "test": "Welch t on seed means + binomial bound of the evaluation set" if self.checks else None,
+            "correction": self.correction,
+            "p_holds": None if self.p_holds is None else _json_number(self.p_holds),
+            "checks": [check.to_dict(self.level) for check in self.checks],
+            "caps": self.caps,
             "configurations": [group.to_dict() for group in self.groups],
         }
 
 
 def _json_number(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)  # JSON has no inf / nan
-
-
-# --- comparisons of aggregates -----------------------------------------------------------------
-Outcome = tuple[Verdict, str]
+    if not math.isfinite(value):
+        return str(value)  # JSON has no inf / nan
+    return round(value, 12)  # the same store gives the same bytes
 
 
 def _fmt(value: float) -> str:
-    if not math.isfinite(value):
-        return "never" if value > 0 else str(value)
-    return f"{value:.4g}"
+    return f"{value + 0.0:.4g}" if math.isfinite(value) else str(value)  # + 0.0: no "-0"
 
 
-def _describe(group: Group) -> str:
-    a = group.aggregate
-    return f"{group.label}: {_fmt(a.mean)} [{_fmt(a.min)}, {_fmt(a.max)}] (n={a.n})"
+# --- checks of a comparison --------------------------------------------------------------------
+def _eval_se(metric: dict | None, group: Group) -> float:
+    """The evaluation set's standard error of the group's mean: an accuracy's binomial bound, else 0
+    (diagnostics and steps carry no binomial error; for steps it enters through the target, see
+    resolve_target)."""
+    if not _is_accuracy(metric):
+        return 0.0
+    return binomial_se_bound(group.aggregate.mean, group.eval_examples)
 
 
-def ordering(claim: Claim, groups: list[Group]) -> Outcome:
+def _is_accuracy(metric: dict | None) -> bool:
+    return bool(metric) and metric["statistic"] in ("final", "max", "min") and _series_name(metric).endswith("acc")
+
+
+def _pair_check(claim: Claim, first: Group, second: Group, sign: float, above: float | None, below: float | None) -> Check:
+    """sign x (mean(first) - mean(second)); the evaluation error of a difference on one shared set is
+    bounded by the sum of the two errors (their errors may be anti-correlated)."""
+    eval_se = _eval_se(claim.metric, first) + _eval_se(claim.metric, second)
+    estimate = difference_estimate(first.samples, second.samples, eval_se)
+    estimate = Estimate(sign * estimate.value, estimate.se, estimate.df)
+    label = f"{_metric_label(claim)}: {first.label} - {second.label}" if sign > 0 else f"{_metric_label(claim)}: {second.label} - {first.label}"
+    return Check(label, estimate, above, below, _pooled_sd(first, second), eval_se)
+
+
+def _pooled_sd(*groups: Group) -> float:
+    return math.sqrt(statistics.fmean([g.aggregate.std**2 for g in groups]))
+
+
+def _metric_label(claim: Claim) -> str:
+    return f"{claim.metric['statistic']} {_series_name(claim.metric)}" if claim.metric else "diverged"
+
+
+def ordering(claim: Claim, groups: list[Group]) -> list[Check]:
     """Each configuration beats the next one (best first) by more than `tolerance`."""
     sign = 1.0 if claim.better == "higher" else -1.0
-    worst_verdict, notes = Verdict.PASS, []
-    for winner, loser in zip(groups, groups[1:]):
-        a, b = winner.aggregate, loser.aggregate
-        gap = sign * (a.mean - b.mean)
-        worst_case = sign * ((a.min if sign > 0 else a.max) - (b.max if sign > 0 else b.min))
-        if math.isnan(gap) or gap <= claim.tolerance:
-            verdict = Verdict.FAIL
-        elif math.isnan(worst_case) or worst_case <= claim.tolerance:
-            verdict = Verdict.WITHIN_NOISE
-        else:
-            verdict = Verdict.PASS
-        relation = ">" if sign > 0 else "<"
-        notes.append(f"expected {_describe(winner)} {relation} {_describe(loser)}: {verdict.value}")
-        worst_verdict = _worse(worst_verdict, verdict)
-    return worst_verdict, "; ".join(notes)
+    return [_pair_check(claim, winner, loser, sign, claim.tolerance, None) for winner, loser in zip(groups, groups[1:])]
 
 
-def ratio(claim: Claim, groups: list[Group]) -> Outcome:
-    """mean(numerator) / mean(denominator) within [at_least, at_most]; the seed ranges' worst ratio too for PASS."""
-    num, den = groups[0].aggregate, groups[1].aggregate
-    mean_ratio = _divide(num.mean, den.mean)
-    low, high = _divide(num.min, den.max), _divide(num.max, den.min)
-    verdict = _bounded(claim, mean_ratio, low, high)
-    return verdict, f"ratio {groups[0].label} / {groups[1].label} = {_fmt(mean_ratio)} (seed range {_fmt(low)}..{_fmt(high)}); {_bounds(claim)}"
+def equivalent(claim: Claim, groups: list[Group]) -> list[Check]:
+    """The two configurations differ by less than `margin` (two one-sided tests)."""
+    return [_pair_check(claim, groups[0], groups[1], 1.0, -claim.margin, claim.margin)]
 
 
-def threshold(claim: Claim, groups: list[Group]) -> Outcome:
-    """Every configuration's mean within [at_least, at_most] (+- tolerance); every seed too for PASS."""
-    verdict, notes = Verdict.PASS, []
-    for group in groups:
-        a = group.aggregate
-        verdict = _worse(verdict, _bounded(claim, a.mean, a.min, a.max))
-        notes.append(_describe(group))
-    return verdict, f"{'; '.join(notes)}; {_bounds(claim)}"
+def ratio(claim: Claim, groups: list[Group]) -> list[Check]:
+    """mean(numerator) / mean(denominator) within [at_least, at_most], judged on the log scale."""
+    num, den = groups
+    estimate = log_ratio_estimate(_mean(claim, num), _mean(claim, den))
+    if math.isnan(estimate.value):
+        raise NotRun(f"the ratio {num.label} / {den.label} is undefined (a mean is not positive)")
+    seed_sd = math.hypot(num.aggregate.std / num.aggregate.mean, den.aggregate.std / den.aggregate.mean) / math.sqrt(2)
+    eval_se = math.hypot(_eval_se(claim.metric, num) / num.aggregate.mean, _eval_se(claim.metric, den) / den.aggregate.mean)
+    return [Check(
+        f"{_metric_label(claim)}: {num.label} / {den.label}", estimate, _log(claim.at_least), _log(claim.at_most), seed_sd, eval_se, True
+    )]  # fmt: skip
 
 
-def diverges(claim: Claim, groups: list[Group]) -> Outcome:
-    """Every run of every configuration diverged (tag bnrepro.outcome=diverged)."""
-    verdict, notes = Verdict.PASS, []
-    for group in groups:
-        diverged = int(sum(group.values.values()))  # judge_outcomes: 1 per diverged run, 0 per finished one
-        if diverged < len(group.values):
-            verdict = Verdict.FAIL
-        notes.append(f"{group.label}: {diverged} of {len(group.values)} runs diverged")
-    return verdict, "; ".join(notes)
+def _log(bound: float | None) -> float | None:
+    return None if bound is None else math.log(bound) if bound > 0 else -math.inf
 
 
-def _divide(a: float, b: float) -> float:
-    if b == 0:
-        return math.inf if a > 0 else math.nan
-    return a / b
+def _mean(claim: Claim, group: Group) -> Estimate:
+    return mean_estimate(group.samples, _eval_se(claim.metric, group))
 
 
-def _bounded(claim: Claim, mean: float, low: float, high: float) -> Verdict:
-    """FAIL if the mean is out of bounds, WITHIN_NOISE if only the seed range [low, high] reaches out."""
-    def inside(value: float) -> bool:
-        ok_low = claim.at_least is None or value >= claim.at_least - claim.tolerance
-        ok_high = claim.at_most is None or value <= claim.at_most + claim.tolerance
-        return not math.isnan(value) and ok_low and ok_high
-
-    if not inside(mean):
-        return Verdict.FAIL
-    return Verdict.PASS if inside(low) and inside(high) else Verdict.WITHIN_NOISE
+def threshold(claim: Claim, groups: list[Group]) -> list[Check]:
+    """Every configuration's mean within [at_least, at_most] (+- tolerance)."""
+    low = None if claim.at_least is None else claim.at_least - claim.tolerance
+    high = None if claim.at_most is None else claim.at_most + claim.tolerance
+    return [
+        Check(f"{_metric_label(claim)}: {group.label}", _mean(claim, group), low, high, group.aggregate.std, _eval_se(claim.metric, group))
+        for group in groups
+    ]
 
 
-def _bounds(claim: Claim) -> str:
-    parts = [f">= {claim.at_least:g}" if claim.at_least is not None else "", f"<= {claim.at_most:g}" if claim.at_most is not None else ""]
-    tolerance = f" (tolerance {claim.tolerance:g})" if claim.tolerance else ""
-    return "needs " + " and ".join(p for p in parts if p) + tolerance
-
-
-_SEVERITY = [Verdict.PASS, Verdict.WITHIN_NOISE, Verdict.FAIL]
-
-
-def _worse(a: Verdict, b: Verdict) -> Verdict:
-    return max(a, b, key=_SEVERITY.index)
-
-
-COMPARISONS: dict[str, Callable[[Claim, list[Group]], Outcome]] = {
+COMPARISONS: dict[str, Callable[[Claim, list[Group]], list[Check]]] = {
     "ordering": ordering,
     "ratio": ratio,
     "threshold": threshold,
-    "diverges": diverges,
+    "equivalent": equivalent,
+    "diverges": lambda claim, groups: [],  # counted, not estimated: see divergence_verdict
 }
 EXPECTS_DIVERGENCE = {"diverges"}  # comparisons that judge diverged runs instead of excluding them
 
@@ -508,41 +633,189 @@ class NotRun(Exception):
     """The claim cannot be judged on these runs; the message is the reason."""
 
 
-def evaluate(claims: Sequence[Claim] | Registry, runs: Sequence[RunRecord]) -> list[Result]:
-    """The verdict of every claim on `runs` (the job runs of one sweep)."""
+def in_scope(claim: Claim, runs: Sequence[RunRecord]) -> bool:
+    """The sweep has runs of (one of) the claim's experiments."""
+    return not claim.experiments or any(run.tags.get("experiment") in claim.experiments for run in runs)
+
+
+def evaluate(claims: Sequence[Claim] | Registry, runs: Sequence[RunRecord], alpha: float = 1 - DEFAULT_LEVEL) -> list[Result]:
+    """The verdict of every claim whose experiment is in `runs` (the job runs of one sweep), the
+    claims judged together under Holm-Bonferroni."""
     claims = claims.claims if isinstance(claims, Registry) else claims
-    return [evaluate_claim(claim, runs) for claim in claims]
+    return judge([measure_claim(claim, runs) for claim in claims if in_scope(claim, runs)], alpha)
 
 
-def evaluate_claim(claim: Claim, runs: Sequence[RunRecord]) -> Result:
-    groups: list[Group] = []
-    target = None
+def evaluate_claim(claim: Claim, runs: Sequence[RunRecord], alpha: float = 1 - DEFAULT_LEVEL) -> Result:
+    """One claim judged alone (no correction for other claims)."""
+    return judge([measure_claim(claim, runs)], alpha)[0]
+
+
+def judge(results: list[Result], alpha: float = 1 - DEFAULT_LEVEL) -> list[Result]:
+    """Verdicts for the measured claims: Holm-Bonferroni over the claims that have checks (the family:
+    every claim judged in one report), PASS at the Holm level, FAIL at the Bonferroni level."""
+    tested = [result for result in results if result.checks]
+    levels = holm_levels([result.p_holds for result in tested], alpha)
+    for result, holm in zip(tested, levels):
+        bonferroni = alpha / len(tested)
+        result.level = 1 - max(holm, bonferroni)
+        result.correction = f"Holm-Bonferroni over {len(tested)} claims" if len(tested) > 1 else "none (one claim)"
+        result.verdict, result.reason = _verdict(result, holm, bonferroni)
+    return results
+
+
+def _verdict(result: Result, holm: float, bonferroni: float) -> tuple[Verdict, str]:
+    details = "; ".join(check.describe(result.level) for check in result.checks)
+    notes = "".join(f"; {note}" for note in [result.reason, result.scale] if note)
+    if any(check.p_fails <= bonferroni for check in result.checks):
+        return Verdict.FAIL, details + notes
+    if result.p_holds <= holm and not result.caps:
+        return Verdict.PASS, details + notes
+    return Verdict.INCONCLUSIVE, details + notes + "; " + _what_would_resolve(result, 1 - result.level)
+
+
+def _what_would_resolve(result: Result, alpha: float) -> str:
+    if result.caps and result.p_holds <= alpha:
+        return "inconclusive because " + "; ".join(result.caps)
+    weakest = max(result.checks, key=lambda check: check.p_holds)
+    needed = weakest.seeds_needed(alpha)
+    if needed is None and weakest.eval_se > 0:
+        return "more seeds cannot resolve it: the evaluation set's sampling error alone exceeds the observed effect"
+    if needed is None:
+        return "no observed effect beyond the claim's bound: more seeds would not make it pass"
+    caps = f" ({'; '.join(result.caps)})" if result.caps else ""
+    return f"about {needed} seeds per configuration would resolve it at the observed effect and spread{caps}"
+
+
+def measure_claim(claim: Claim, runs: Sequence[RunRecord]) -> Result:
+    """The claim's groups, statistic and checks on `runs`; the verdict itself comes from `judge`."""
+    result = Result(claim, Verdict.NOT_RUN, "")
     try:
         pool = claim_runs(claim, runs)
-        groups = [Group(selector, [run for run in pool if matches(run, selector)]) for selector in claim.configurations]
-        for group in groups:
+        result.groups = [Group(selector, [run for run in pool if matches(run, selector)]) for selector in claim.configurations]
+        for group in result.groups:
             if not group.runs:
                 raise NotRun(f"the sweep has no runs of configuration {group.label}{_in_experiments(claim)}")
             _require_one_configuration(group)
         if claim.comparison in EXPECTS_DIVERGENCE:
-            for group in groups:
-                judge_outcomes(group)
-            _require_seeds(claim, groups)
-        else:
-            metric = dict(claim.metric)
-            if metric["statistic"] == "steps_to_reach":
-                target = metric["target"] = resolve_target(metric, pool, claim.configurations)
-            for group in groups:
-                measure(group, metric)
-            _require_seeds(claim, groups)
-            for group in groups:
-                group.aggregate = Aggregate.of(list(group.values.values()))
-            if metric["statistic"] == "steps_to_reach" and all(math.isinf(g.aggregate.min) for g in groups):
-                raise NotRun(f"no configuration reached the target {target:.4g} on {metric.get('series', 'val/acc')}")
+            return divergence_verdict(claim, result)
+        _measure_groups(claim, pool, result)
     except NotRun as reason:
-        return Result(claim, Verdict.NOT_RUN, str(reason), groups, target)
-    verdict, detail = COMPARISONS[claim.comparison](claim, groups)
-    return Result(claim, verdict, detail, groups, target)
+        result.verdict, result.reason = Verdict.NOT_RUN, str(reason)
+        return result
+    result.reason = _diverged_note(result.groups)
+    result.caps += _caps(claim, result.groups)
+    return result
+
+
+def _measure_groups(claim: Claim, pool: list[RunRecord], result: Result) -> None:
+    metric = dict(claim.metric)
+    for group in result.groups:
+        group.eval_examples = _eval_examples(claim, group.runs) if _is_accuracy(metric) or _is_steps(metric) else None
+    if _is_steps(metric):
+        result.target, result.target_rule = resolve_target(claim, metric, pool)
+        metric["target"] = result.target
+    for group in result.groups:
+        measure(group, metric)
+    _require_seeds(claim, result.groups)
+    result.scale = _check_protocol(claim, result.groups, metric)
+    for group in result.groups:
+        group.aggregate = Aggregate.of(group.samples)
+        if _is_steps(metric):
+            group.censored = sorted(run.run_id for run in group.runs if run.run_id in group.values and is_censored(run, metric))
+    if _is_steps(metric) and all(len(g.censored) == len(g.values) for g in result.groups):
+        raise NotRun(f"no run reached the target {result.target:.4g} on {_series_name(metric)} ({result.target_rule})")
+    result.checks = COMPARISONS[claim.comparison](claim, result.groups)
+
+
+def _is_steps(metric: dict | None) -> bool:
+    return bool(metric) and metric["statistic"] == "steps_to_reach"
+
+
+def _eval_examples(claim: Claim, runs: Sequence[RunRecord]) -> int:
+    """The evaluation set's size: the run's `eval_examples` param, else the protocol's for its data set."""
+    sizes = set()
+    for run in runs:
+        logged = run.params.get("eval_examples") or claim.protocol.eval_examples.get(run.tags.get("data", ""))
+        if logged is None:
+            raise NotRun(
+                f"the evaluation set size is unknown: run {run.run_id} logs no eval_examples and the claim's "
+                f"protocol declares none for data={run.tags.get('data', '?')}"
+            )
+        sizes.add(int(logged))
+    return min(sizes)
+
+
+def _check_protocol(claim: Claim, groups: list[Group], metric: dict) -> str:
+    """NOT_RUN for too few evaluations, or for runs shorter than the protocol or evaluated at another
+    interval, unless the claim is scale-free: then the label of the scale it was judged at."""
+    usable = [run for group in groups for run in group.runs if run.run_id in group.values]
+    if _is_steps(metric) and any(len(_series(run, metric)) < 2 for run in usable):
+        raise NotRun("too few evaluations: a run evaluated fewer than 2 times")
+    last = max((step for run in usable for step, _ in _series(run, metric)), default=0)
+    protocol = claim.protocol
+    every = sorted({eval_interval(run) for run in usable} - {None})
+    if claim.scale_free:
+        shorter = protocol.steps is not None and last < protocol.steps
+        return f"scale-free claim judged at step {last:,} (the protocol is {protocol.steps:,})" if shorter else ""
+    if protocol.steps is not None and last < protocol.steps:
+        raise NotRun(f"runs end at step {last:,}; the protocol is {protocol.steps:,}")
+    if protocol.eval_every is not None and every and every != [str(protocol.eval_every)]:
+        raise NotRun(f"runs evaluate every {'|'.join(every)} steps; the protocol evaluates every {protocol.eval_every:,}")
+    return ""
+
+
+def eval_interval(run: RunRecord) -> str | None:
+    """The run's logged evaluation interval (the key moved from trainer to loop; older runs have the first)."""
+    return run.params.get("loop.eval_every_n_steps", run.params.get("trainer.eval_every_n_steps"))
+
+
+def _caps(claim: Claim, groups: list[Group]) -> list[str]:
+    caps = [
+        f"{group.label} has {len(group.seeds)} usable seed(s), fewer than {max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds)}"
+        for group in groups
+        if len(group.seeds) < max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds)
+    ]
+    for group in _claimed_smaller(claim, groups):
+        if group.censored:
+            caps.append(
+                f"{len(group.censored)} of {len(group.values)} seeds of {group.label} never reached the target "
+                "(censored at their last evaluation, a lower bound), and it is claimed to be the faster"
+            )
+    return caps
+
+
+def _claimed_smaller(claim: Claim, groups: list[Group]) -> list[Group]:
+    """The configurations whose censored (under-estimated) values would favour the claim."""
+    if claim.comparison == "ordering":
+        return groups[:-1] if claim.better == "lower" else groups[1:]
+    if claim.comparison == "ratio":
+        return [groups[0]] if claim.at_most is not None else [groups[1]]
+    return groups
+
+
+def _diverged_note(groups: list[Group]) -> str:
+    counts = [(group.label, sum(reason == "diverged" for reason in group.excluded.values())) for group in groups]
+    return "; ".join(f"{count} run(s) of {label} diverged and are left out" for label, count in counts if count)
+
+
+def divergence_verdict(claim: Claim, result: Result) -> Result:
+    """`diverges`: PASS when every judged run of every configuration diverged and each has at least
+    MIN_SEEDS_FOR_A_VERDICT of them; FAIL when one finished normally; counts, no interval."""
+    for group in result.groups:
+        judge_outcomes(group)
+        if not group.values:
+            raise NotRun(f"no run of {group.label} diverged or finished ({', '.join(sorted(set(group.excluded.values())))})")
+    notes, verdict = [], Verdict.PASS
+    for group in result.groups:
+        diverged = int(sum(group.values.values()))  # judge_outcomes: 1 per diverged run, 0 per finished one
+        notes.append(f"{group.label}: {diverged} of {len(group.values)} runs diverged")
+        if diverged < len(group.values):
+            verdict = Verdict.FAIL
+        elif verdict is Verdict.PASS and len(group.values) < max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds):
+            verdict = Verdict.INCONCLUSIVE
+            notes.append(f"fewer than {max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds)} runs")
+    result.verdict, result.reason = verdict, "; ".join(notes)
+    return result
 
 
 def _require_one_configuration(group: Group) -> None:
@@ -580,8 +853,8 @@ def measure(group: Group, metric: dict) -> None:
         if reason is None and value is None:
             logged = "diag/ metrics" if metric["statistic"] == "percentile_drift" else _series_name(metric)
             reason = f"{logged} not logged"
-        elif reason is None and math.isnan(value):
-            reason = "statistic is NaN"
+        elif reason is None and not math.isfinite(value):
+            reason = f"statistic is {value}"
         if reason:
             group.excluded[run.run_id] = reason
         else:
@@ -598,34 +871,42 @@ def judge_outcomes(group: Group) -> None:
 
 
 def _require_seeds(claim: Claim, groups: list[Group]) -> None:
-    """NOT_RUN unless every configuration has `min_seeds` distinct seeds among its judged runs."""
+    """NOT_RUN when a configuration has no usable run (the reason says which were left out and why)."""
     for group in groups:
-        count = len(group.seeds)
-        if count >= claim.min_seeds:
+        if group.values:
             continue
-        reasons = sorted(set(group.excluded.values()))
-        if count == 0 and reasons == ["diverged"]:
+        counts = Counter(group.excluded.values())
+        if set(counts) == {"diverged"}:
             raise NotRun(f"diverged: every run of {group.label} diverged ({len(group.runs)} runs)")
-        left_out = f"; left out: {', '.join(f'{n} {r}' for r, n in sorted(Counter(group.excluded.values()).items()))}" if reasons else ""
-        raise NotRun(f"too few seeds: {group.label} has {count} usable seed(s), the claim needs {claim.min_seeds}{left_out}")
+        left_out = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+        raise NotRun(f"no usable run: {group.label} has no run the statistic can be computed on; left out: {left_out}")
 
 
-def resolve_target(metric: dict, pool: Sequence[RunRecord], configurations: Sequence[dict] = ()) -> float:
-    """A number, or {fraction, of: final|max, configuration}: fraction x the mean final/max value of the
-    reference configuration, a selector, or `lowest`: the compared configuration whose mean is lowest
-    (so that every compared configuration reaches the target)."""
+def resolve_target(claim: Claim, metric: dict, pool: Sequence[RunRecord]) -> tuple[float, str]:
+    """The accuracy steps are counted to, and its definition.
+
+    A number: fixed by the claim. {fraction, of: final|max, configuration: <selector> | lowest}:
+    fraction x the LOWEST seed's final/max value over the reference configuration (lowest: every
+    compared configuration), so that every reference seed reaches it; and, so that a plateau crossing
+    a line near its top cannot decide "faster", at least two evaluation standard errors (binomial
+    bound) below that seed's value."""
     target = metric["target"]
     if isinstance(target, (int, float)) and not isinstance(target, bool):
-        return float(target)
-    reference = target.get("configuration") if isinstance(target, dict) else None
-    of = STATISTICS.get(target.get("of", "final")) if isinstance(target, dict) else None
-    if of is None or not (isinstance(reference, dict) or reference == "lowest"):
-        raise NotRun(f"malformed target {target!r}")
-    means = []
-    for selector in configurations if reference == "lowest" else [reference]:
-        values = [of(run, metric) for run in pool if matches(run, selector) and unusable_reason(run) is None]
-        values = [value for value in values if value is not None]
-        if not values:
-            raise NotRun(f"the target's reference configuration {selector_label(selector)} has no usable runs")
-        means.append(statistics.fmean(values))
-    return float(target.get("fraction", 1.0)) * min(means)
+        return float(target), f"fixed by the claim: {float(target):.4g}"
+    reference = target["configuration"]
+    selectors = claim.configurations if reference == "lowest" else [reference]
+    of = STATISTICS[target.get("of", "final")]
+    references = [run for run in pool if any(matches(run, s) for s in selectors) and unusable_reason(run) is None]
+    values = [value for run in references if (value := of(run, metric)) is not None and math.isfinite(value)]
+    if not values:
+        raise NotRun(f"the target's reference configuration {reference if reference == 'lowest' else selector_label(reference)} has no usable runs")
+    lowest = min(values)
+    noise = 2 * binomial_se_bound(lowest, _eval_examples(claim, references))
+    fraction = float(target.get("fraction", 1.0))
+    chosen = min(fraction * lowest, lowest - noise)
+    label = "the compared configurations" if reference == "lowest" else selector_label(reference)
+    rule = (
+        f"min({fraction:g} x, minus 2 evaluation standard errors ({noise:.4g}) from) the lowest seed's "
+        f"{target.get('of', 'final')} {_series_name(metric)} of {label} ({lowest:.4g}) = {chosen:.4g}"
+    )
+    return chosen, rule

@@ -1,8 +1,8 @@
 """Runs of a sweep, read back from MLflow as plain records (the only place that reads the store)."""
 
-import re
 from dataclasses import dataclass, field
 
+from bnrepro.identity import EXCLUDED
 from bnrepro.tracking import GROUPS, OUTCOME_TAG, ROLE_TAG, SWEEP_ID_TAG, SWEEP_NAME_TAG, tracking_uri
 
 
@@ -101,19 +101,20 @@ def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = (
 
 
 # --- configurations: runs that differ only by seed ---------------------------------------------
-_OVERRIDE_ITEM = re.compile(r",(?=[+~]*[\w./@-]+=)")  # the "," that starts the next `key=value` of a run name
-
-
 def configuration_of(run: RunRecord) -> dict[str, str]:
-    """What identifies the run's configuration, seed excluded: its group choices (tags) and the other
-    command-line overrides of its job (the run name is Hydra's `override_dirname`, `k=v,k=v`)."""
+    """What identifies the run's configuration: its group choices (tags) and its logged config (params),
+    minus the seed (and the keys set from it) and the keys that do not change the result (the
+    project's list, bnrepro.identity.EXCLUDED: logging, checkpoints, resuming, output)."""
     configuration = {group: run.tags[group] for group in GROUPS if group in run.tags}
-    for item in _OVERRIDE_ITEM.split(run.name or ""):
-        key, sep, value = item.partition("=")
-        key = key.lstrip("+~")
-        if sep and key != "seed" and key not in configuration:
-            configuration[key] = value
+    for key, value in run.params.items():
+        if not _ignored(key):
+            configuration.setdefault(key, value)
     return configuration
+
+
+def _ignored(key: str) -> bool:
+    is_seed = key == "seed" or key.endswith(".seed")  # e.g. data.seed: ${seed}
+    return is_seed or any(key == prefix or key.startswith(prefix + ".") for prefix in EXCLUDED)
 
 
 def varying_values(configurations: list[dict[str, str]]) -> dict[str, list[str]]:
@@ -127,7 +128,9 @@ def group_by_configuration(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by configuration (seeds pooled), labelled by what varies between the groups,
     e.g. {"norm=bn": [...], "norm=none": [...]}, in order of first appearance."""
     configurations = [configuration_of(run) for run in runs]
-    varying = list(varying_values(configurations))
+    differing = varying_values(configurations)
+    named = [key for key in differing if key in GROUPS]  # a group choice names a configuration best
+    varying = named or list(differing)
     groups: dict[str, list[RunRecord]] = {}
     for run, configuration in zip(runs, configurations):
         label = ",".join(f"{key}={configuration.get(key, '-')}" for key in varying)

@@ -9,7 +9,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bnrepro.report.claims import Aggregate, Published, Result, matches, steps_to_reach, unusable_reason
+from bnrepro.report.claims import (
+    Aggregate,
+    Claim,
+    Published,
+    Result,
+    eval_interval,
+    is_censored,
+    matches,
+    steps_to_reach,
+    unusable_reason,
+)
 from bnrepro.report.runs import RunRecord, Sweep, numeric_order
 
 ACCURACY = "val/acc"
@@ -22,6 +32,7 @@ class Row:
     runs: list[RunRecord]
     usable: list[RunRecord]
     steps: Aggregate | None = None
+    censored: int = 0  # runs that never reached the target: counted at their last evaluation
     max_acc: Aggregate | None = None
     final_acc: Aggregate | None = None
     published: dict[str, float] = field(default_factory=dict)
@@ -40,6 +51,7 @@ def comparison_rows(groups: dict[str, list[RunRecord]], target: float | None, pu
             if target is not None:
                 metric = {"series": ACCURACY, "target": target}
                 row.steps = Aggregate.of([steps_to_reach(run, metric) for run in usable])
+                row.censored = sum(is_censored(run, metric) for run in usable)
             row.max_acc = Aggregate.of([run.best(ACCURACY) for run in usable])
             row.final_acc = Aggregate.of([run.final(ACCURACY) for run in usable])
         for entry in published:
@@ -54,7 +66,7 @@ def table_target(results: Sequence[Result], groups: dict[str, list[RunRecord]]) 
     sweep, else DEFAULT_TARGET_FRACTION of the lowest configuration's mean final accuracy."""
     for result in results:
         if result.target is not None:
-            return result.target, f"the target of claim `{result.claim.id}`: {_target_rule(result.claim.metric['target'])}"
+            return result.target, f"the target of claim `{result.claim.id}`: {result.target_rule}"
     finals = []
     for runs in groups.values():
         values = [final for run in runs if unusable_reason(run) is None and (final := run.final(ACCURACY)) is not None]
@@ -65,15 +77,6 @@ def table_target(results: Sequence[Result], groups: dict[str, list[RunRecord]]) 
     return DEFAULT_TARGET_FRACTION * min(finals), f"{DEFAULT_TARGET_FRACTION:.0%} of the lowest configuration's mean final test accuracy"
 
 
-def _target_rule(target) -> str:
-    if isinstance(target, dict):
-        reference = target.get("configuration")
-        label = "the lowest compared configuration" if reference == "lowest" else ",".join(f"{k}={v}" for k, v in reference.items())
-        return f"{float(target.get('fraction', 1.0)):.0%} of the mean {target.get('of', 'final')} test accuracy of {label}"
-    return f"{float(target):.2%}"
-
-
-# --- formatting --------------------------------------------------------------------------------
 def percent(a: Aggregate | None) -> str:
     if a is None:
         return "-"
@@ -81,15 +84,13 @@ def percent(a: Aggregate | None) -> str:
     return f"{100 * a.mean:.2f}{spread}% [{100 * a.min:.2f}–{100 * a.max:.2f}]"
 
 
-def steps(a: Aggregate | None) -> str:
+def steps(a: Aggregate | None, censored: int = 0) -> str:
+    """Median steps to the target over seeds, [min-max]; censored seeds (never reached it) are counted at
+    their last evaluation, so the numbers are lower bounds where any is."""
     if a is None:
         return "-"
-    if math.isinf(a.min):
-        return f"not reached (0/{a.n})"
-    if math.isinf(a.mean):
-        return f"not reached by every seed (best {a.min:,.0f})"
-    spread = f" ± {a.std:,.0f}" if a.n > 1 else ""
-    return f"{a.mean:,.0f}{spread} [{a.min:,.0f}–{a.max:,.0f}]"
+    note = f", {censored} of {a.n} censored (≥)" if censored else ""
+    return f"median {a.median:,.0f} [{a.min:,.0f}–{a.max:,.0f}]{note}"
 
 
 def published_cell(row: Row, key: str, kind: str) -> str:
@@ -108,7 +109,7 @@ def comparison_table(rows: Sequence[Row], target: float | None) -> str:
     for row in rows:
         seeds = f"{len(row.seeds)} ({', '.join(row.seeds)})" + _left_out(row)
         lines.append(
-            f"| {row.configuration} | {seeds} | {steps(row.steps)}{published_cell(row, 'steps_to_target', 'steps')} "
+            f"| {row.configuration} | {seeds} | {steps(row.steps, row.censored)}{published_cell(row, 'steps_to_target', 'steps')} "
             f"| {percent(row.max_acc)}{published_cell(row, 'max_acc', 'percent')} "
             f"| {percent(row.final_acc)}{published_cell(row, 'final_acc', 'percent')} |"
         )
@@ -123,14 +124,33 @@ def _left_out(row: Row) -> str:
 
 
 def claims_table(results: Sequence[Result]) -> str:
-    lines = ["| claim | verdict | paper (quote) | what we compared |", "|---|---|---|---|"]
+    lines = ["| claim | verdict | paper (quote) | effect, interval and why |", "|---|---|---|---|"]
     for result in results:
         claim = result.claim
         quote = f"“{claim.paper}” ({claim.source})" if claim.source else f"“{claim.paper}”"
         if claim.published is not None:
             quote += f" Published: {claim.published}."
-        lines.append(f"| `{claim.id}` | **{result.verdict.value}** | {_cell(quote)} | {_cell(result.reason)} |")
+        why = result.reason + (f". Target: {result.target_rule}." if result.target_rule else "")
+        lines.append(f"| `{claim.id}` | **{result.verdict.value}** | {_cell(quote)} | {_cell(why)} |")
     return "\n".join(lines)
+
+
+def out_of_scope_line(claims: Sequence[Claim]) -> str:
+    """The claims this sweep cannot judge, in one line."""
+    if not claims:
+        return ""
+    needed = sorted({experiment for claim in claims for experiment in claim.experiments})
+    return f"{len(claims)} claims need experiments this sweep lacks ({', '.join(needed)}): {', '.join(c.id for c in claims)}."
+
+
+VERDICT_RULES = (
+    "Each claim is an effect with a confidence interval: seeds are the replicates (Welch t on the seed values) "
+    "and, for accuracies, the evaluation set's sampling error is added as the conservative binomial bound "
+    "(per-example predictions are not logged). The claims of this report are corrected together with "
+    "Holm-Bonferroni. PASS: every interval lies on the claimed side; FAIL: one lies on the other side; "
+    "INCONCLUSIVE: neither (fewer than 3 seeds per configuration is INCONCLUSIVE at best); "
+    "NOT_RUN: it cannot be judged on these runs, with the reason."
+)
 
 
 def _cell(text: str) -> str:
@@ -152,7 +172,7 @@ def provenance(sweep: Sweep) -> dict[str, str]:
         "batch_size": values(lambda run: run.params.get("data.batch_size")),
         "max_steps": values(lambda run: run.params.get("trainer.max_steps")),
         "last_step": last_step,
-        "eval_every": values(lambda run: run.params.get("trainer.eval_every_n_steps")),
+        "eval_every": values(eval_interval),
         "seeds": values(lambda run: run.seed),
         "experiment": values(lambda run: run.tags.get("experiment")),
         "optimizer": values(
@@ -173,6 +193,7 @@ def report_markdown(
     results: Sequence[Result],
     figures: dict[str, str],
     notes: Sequence[str] = (),
+    out_of_scope: Sequence[Claim] = (),
 ) -> str:
     lines = [
         f"# Report: sweep `{sweep.name}`",
@@ -201,7 +222,9 @@ def report_markdown(
     lines += ["## Figure 1(b, c): input distribution of a typical sigmoid of the last hidden layer", ""]
     panels = [key for key in ("fig1b", "fig1c") if key in figures]
     lines += [" ".join(f"![Figure {key[3:]}]({figures[key]})" for key in panels) if panels else "Not drawn: see the notes below.", ""]
-    lines += ["## Claims", "", "PASS needs the gap to exceed the seed-to-seed range; WITHIN_NOISE is not a pass.", "", claims_table(results), ""]
+    lines += ["## Claims", "", VERDICT_RULES, "", claims_table(results), ""]
+    if out_of_scope:
+        lines += [out_of_scope_line(out_of_scope), ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     return "\n".join(lines)
