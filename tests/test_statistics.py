@@ -35,9 +35,9 @@ def test_one_seed_has_an_unbounded_interval():
     assert mean_estimate([0.9]).interval() == (-math.inf, math.inf)
 
 
-def test_the_evaluation_error_widens_even_identical_seeds():
+def test_the_evaluation_error_widens_even_identical_seeds_to_a_normal_interval():
     low, high = mean_estimate([0.9] * 5, eval_se=0.01).interval()
-    assert low < 0.9 - 0.02 and high > 0.9 + 0.02
+    assert (high - low) / 2 == pytest.approx(1.96 * 0.01, rel=1e-3)
 
 
 def test_the_binomial_bound_on_1000_examples_at_97_percent_is_about_half_a_point():
@@ -71,3 +71,8 @@ def test_tost_is_small_inside_the_margin_and_large_outside():
 def test_seeds_needed_grows_with_the_spread_and_is_none_when_the_evaluation_error_dominates():
     assert seeds_needed(0.01, 0.02, 0.0) > seeds_needed(0.01, 0.01, 0.0) >= 3
     assert seeds_needed(0.01, 0.01, eval_se=0.01) is None
+
+
+def test_the_evaluation_error_is_not_estimated_so_it_raises_the_degrees_of_freedom():
+    assert mean_estimate([1.0, 2.0, 3.0], eval_se=10.0).df > 100
+    assert difference_estimate([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], eval_se=0.1).df == math.inf

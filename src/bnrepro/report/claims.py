@@ -573,7 +573,11 @@ def _pooled_sd(*groups: Group) -> float:
 
 
 def _metric_label(claim: Claim) -> str:
-    return f"{claim.metric['statistic']} {_series_name(claim.metric)}" if claim.metric else "diverged"
+    if claim.metric is None:
+        return "diverged"
+    if claim.metric["statistic"] == "percentile_drift":
+        return f"percentile_drift of {claim.metric.get('of', 'p50')}"
+    return f"{claim.metric['statistic']} {_series_name(claim.metric)}"
 
 
 def ordering(claim: Claim, groups: list[Group]) -> list[Check]:

@@ -65,19 +65,27 @@ def mean_estimate(values: Sequence[float], eval_se: float = 0.0) -> Estimate:
     n = len(values)
     if n < 2:
         return Estimate(statistics.fmean(values) if values else math.nan, math.inf, 1.0)
-    seed_se = statistics.stdev(values) / math.sqrt(n)
-    return Estimate(statistics.fmean(values), math.hypot(seed_se, eval_se), n - 1)
+    seed_var = statistics.variance(values) / n
+    return Estimate(statistics.fmean(values), math.sqrt(seed_var + eval_se**2), satterthwaite_df([(seed_var, n)], eval_se))
 
 
 def difference_estimate(a: Sequence[float], b: Sequence[float], eval_se: float = 0.0) -> Estimate:
-    """mean(a) - mean(b) with Welch's standard error and Welch-Satterthwaite degrees of freedom, plus
-    `eval_se` (the evaluation error of the difference) in quadrature."""
+    """mean(a) - mean(b) with Welch's standard error plus `eval_se` (the evaluation error of the
+    difference) in quadrature, and Welch-Satterthwaite degrees of freedom."""
     if len(a) < 2 or len(b) < 2:
         return Estimate(statistics.fmean(a) - statistics.fmean(b), math.inf, 1.0)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    seed_var = va + vb
-    df = seed_var**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if seed_var > 0 else math.inf
-    return Estimate(statistics.fmean(a) - statistics.fmean(b), math.sqrt(seed_var + eval_se**2), df)
+    df = satterthwaite_df([(va, len(a)), (vb, len(b))], eval_se)
+    return Estimate(statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb + eval_se**2), df)
+
+
+def satterthwaite_df(seed_variances: Sequence[tuple[float, int]], eval_se: float = 0.0) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of variances: (variance of the mean, seeds) per
+    configuration, estimated from the seeds, plus the evaluation variance, which is not estimated
+    (a bound from the set's size) and so has infinite degrees of freedom."""
+    total = sum(variance for variance, _ in seed_variances) + eval_se**2
+    spread = sum(variance**2 / (n - 1) for variance, n in seed_variances)
+    return total**2 / spread if spread > 0 else math.inf
 
 
 def log_ratio_estimate(numerator: Estimate, denominator: Estimate) -> Estimate:
