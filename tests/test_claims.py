@@ -103,7 +103,9 @@ def test_a_clearly_reversed_ordering_fails(ordering):
 
 
 def test_inconclusive_says_how_many_seeds_would_resolve_it(ordering):
-    runs = seeds("bn", (0.97, 0.95, 0.96), eval_examples=10**6) + seeds("none", (0.955, 0.945, 0.95), eval_examples=10**6)
+    runs = seeds("bn", (0.97, 0.95, 0.96), eval_examples=10**6) + seeds(
+        "none", (0.955, 0.945, 0.95), eval_examples=10**6
+    )
     result = evaluate_claim(ordering, runs)
     assert result.verdict is Verdict.INCONCLUSIVE
     assert "seeds per configuration would resolve it" in result.reason
@@ -144,8 +146,12 @@ def test_an_unknown_evaluation_set_size_is_not_run(ordering):
 
 
 def test_the_protocols_evaluation_set_size_stands_in_for_runs_that_do_not_log_it(tmp_path):
-    claim = claim_from(ORDERING.replace("comparison:", "protocol: {eval_examples: {mnist_mini: 1000}}\n    comparison:"), tmp_path)
-    result = evaluate_claim(claim, seeds("bn", (0.97,) * 3, eval_examples=None) + seeds("none", (0.9,) * 3, eval_examples=None))
+    claim = claim_from(
+        ORDERING.replace("comparison:", "protocol: {eval_examples: {mnist_mini: 1000}}\n    comparison:"), tmp_path
+    )
+    result = evaluate_claim(
+        claim, seeds("bn", (0.97,) * 3, eval_examples=None) + seeds("none", (0.9,) * 3, eval_examples=None)
+    )
     assert [group.eval_examples for group in result.groups] == [1000, 1000]
 
 
@@ -157,7 +163,9 @@ def test_runs_shorter_than_the_protocol_are_not_run(tmp_path):
 
 
 def test_a_scale_free_claim_on_shorter_runs_is_judged_and_labelled_with_its_scale(tmp_path):
-    claim = claim_from(ORDERING.replace("comparison:", "protocol: {steps: 50000}\n    scale_free: true\n    comparison:"), tmp_path)
+    claim = claim_from(
+        ORDERING.replace("comparison:", "protocol: {steps: 50000}\n    scale_free: true\n    comparison:"), tmp_path
+    )
     result = evaluate_claim(claim, seeds("bn", (0.97, 0.971, 0.972)) + seeds("none", (0.9, 0.901, 0.902)))
     assert result.verdict is Verdict.PASS
     assert "judged at step 200 (the protocol is 50,000)" in result.reason
@@ -324,7 +332,11 @@ claims:
 
 @pytest.mark.parametrize(
     ("values", "verdict"),
-    [((0.100, 0.101, 0.099), Verdict.PASS), ((0.10, 0.13, 0.115), Verdict.INCONCLUSIVE), ((0.15, 0.151, 0.149), Verdict.FAIL)],
+    [
+        ((0.100, 0.101, 0.099), Verdict.PASS),
+        ((0.10, 0.13, 0.115), Verdict.INCONCLUSIVE),
+        ((0.15, 0.151, 0.149), Verdict.FAIL),
+    ],
 )
 def test_threshold_verdicts(tmp_path, values, verdict):
     claim = claim_from(THRESHOLD, tmp_path)
@@ -391,9 +403,9 @@ def test_selectors_fall_back_to_config_params(tmp_path):
 def test_percentile_drift_is_the_range_of_the_median_in_units_of_the_spread():
     steps = (100, 200, 300)
     diag = {
-        "diag/hidden3/u7/p15": [(s, v) for s, v in zip(steps, (-1.0, -1.0, -1.0))],
-        "diag/hidden3/u7/p50": [(s, v) for s, v in zip(steps, (0.0, 0.5, 1.0))],
-        "diag/hidden3/u7/p85": [(s, v) for s, v in zip(steps, (1.0, 3.0, 5.0))],
+        "diag/hidden3/u7/p15": [(s, v) for s, v in zip(steps, (-1.0, -1.0, -1.0), strict=True)],
+        "diag/hidden3/u7/p50": [(s, v) for s, v in zip(steps, (0.0, 0.5, 1.0), strict=True)],
+        "diag/hidden3/u7/p85": [(s, v) for s, v in zip(steps, (1.0, 3.0, 5.0), strict=True)],
     }
     run = record(diag=diag)
     # spreads 2, 4, 6 (mean 4): median range 1.0 / 4; spread range 4 / 4
@@ -409,7 +421,12 @@ def test_aggregate_reports_mean_sample_std_range_and_median():
 
 def test_the_package_registry_loads_with_the_mnist_claims():
     ids = [claim.id for claim in load_claims(CLAIMS_FILE).claims]
-    assert {"mnist.bn_higher_final_accuracy", "mnist.bn_trains_faster", "mnist.bn_stabilizes_input_mean", "mnist.bn_stabilizes_input_spread"} <= set(ids)
+    assert {
+        "mnist.bn_higher_final_accuracy",
+        "mnist.bn_trains_faster",
+        "mnist.bn_stabilizes_input_mean",
+        "mnist.bn_stabilizes_input_spread",
+    } <= set(ids)
 
 
 @pytest.mark.parametrize(
@@ -417,12 +434,27 @@ def test_the_package_registry_loads_with_the_mnist_claims():
     [
         ("claims: [ {id: a\n", "is not valid YAML"),
         ("[1, 2]\n", "expected a mapping with a 'claims:' list"),
-        (ORDERING.replace("comparison: ordering", "comparison: orderin"), "claim #1 (final_accuracy): unknown comparison 'orderin'"),
+        (
+            ORDERING.replace("comparison: ordering", "comparison: orderin"),
+            "claim #1 (final_accuracy): unknown comparison 'orderin'",
+        ),
         (ORDERING.replace("    paper:", "    quote:"), "claim #1 (final_accuracy): unknown field(s) quote"),
-        (ORDERING.replace("metric: {statistic: final}", "metric: {statistic: best}"), "claim #1 (final_accuracy): metric must be"),
-        (RATIO.replace("[{norm: none}, {norm: bn}]", "[{norm: none}]"), "claim #1 (stability): ratio needs exactly 2 configurations"),
-        (EQUIVALENT.replace("margin: 0.02", "margin: 0"), "claim #1 (no_dropout_costs_nothing): equivalent needs exactly 2 configurations and a positive margin"),
-        (STEPS.replace("configuration: {norm: none}", "configuration: slowest"), "claim #1 (trains_faster): metric steps_to_reach needs a target"),
+        (
+            ORDERING.replace("metric: {statistic: final}", "metric: {statistic: best}"),
+            "claim #1 (final_accuracy): metric must be",
+        ),
+        (
+            RATIO.replace("[{norm: none}, {norm: bn}]", "[{norm: none}]"),
+            "claim #1 (stability): ratio needs exactly 2 configurations",
+        ),
+        (
+            EQUIVALENT.replace("margin: 0.02", "margin: 0"),
+            "claim #1 (no_dropout_costs_nothing): equivalent needs exactly 2 configurations and a positive margin",
+        ),
+        (
+            STEPS.replace("configuration: {norm: none}", "configuration: slowest"),
+            "claim #1 (trains_faster): metric steps_to_reach needs a target",
+        ),
         (ORDERING + ORDERING.split("claims:\n")[1], "claim #2 (final_accuracy): duplicate id"),
     ],
 )

@@ -96,7 +96,8 @@ def test_report_is_logged_to_the_sweeps_parent_run(sweep):
     uri, out_dir = sweep
     client = MlflowClient(uri)
     parent = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "tags.`bnrepro.role` = 'sweep' and tags.`bnrepro.sweep_name` = 'mnist_fig1'"
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`bnrepro.role` = 'sweep' and tags.`bnrepro.sweep_name` = 'mnist_fig1'",
     )[0]
     logged = {Path(artifact.path).name for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert {*FIGURES, "report.md", "claims.json"} <= logged
@@ -125,7 +126,11 @@ def job(name: str, seed: int, acc: tuple[float, ...] = (0.5, 0.9), **tags) -> Ru
 
 
 def test_runs_that_differ_only_by_seed_form_one_configuration_named_by_what_varies():
-    runs = [job(f"norm={norm},optim.lr_multiplier=2", seed, norm=norm, experiment="mnist_fig1") for norm in ("bn", "none") for seed in (0, 1)]
+    runs = [
+        job(f"norm={norm},optim.lr_multiplier=2", seed, norm=norm, experiment="mnist_fig1")
+        for norm in ("bn", "none")
+        for seed in (0, 1)
+    ]
     groups = group_by_configuration(runs)
     assert list(groups) == ["norm=bn", "norm=none"]
     assert [[run.seed for run in group] for group in groups.values()] == [["0", "1"], ["0", "1"]]
@@ -139,7 +144,9 @@ def test_configurations_come_from_logged_params_not_from_run_names():
 
 
 def test_the_table_shows_the_papers_number_beside_ours_where_published():
-    groups = {"experiment=bn_x30": [job("experiment=bn_x30", seed, (0.70, 0.75), experiment="bn_x30") for seed in (0, 1)]}
+    groups = {
+        "experiment=bn_x30": [job("experiment=bn_x30", seed, (0.70, 0.75), experiment="bn_x30") for seed in (0, 1)]
+    }
     published = [Published({"experiment": "bn_x30"}, {"max_acc": 0.748, "steps_to_target": 2.7e6}, "Figure 3")]
     table = comparison_table(comparison_rows(groups, 0.72, published), 0.72)
     assert "| steps to 72.00% |" in table
@@ -153,5 +160,10 @@ def test_summary_lists_every_run_with_its_first_final_and_best_accuracy(sweep):
     uri, _ = sweep
     lines = summary_table(load_sweep("mnist_fig1", uri=uri)).splitlines()
     rows = [line.split() for line in lines[3:]]
-    assert sorted((row[0], row[1]) for row in rows) == [("norm=bn", "0"), ("norm=bn", "1"), ("norm=none", "0"), ("norm=none", "1")]
+    assert sorted((row[0], row[1]) for row in rows) == [
+        ("norm=bn", "0"),
+        ("norm=bn", "1"),
+        ("norm=none", "0"),
+        ("norm=none", "1"),
+    ]
     assert all(row[2] == "FINISHED" and row[3] == "200" and row[5] == "@50" for row in rows)

@@ -51,7 +51,10 @@ def write_report(
     out_of_scope = [claim for claim in registry.claims if not in_scope(claim, sweep.runs)]
     groups = group_by_configuration(sweep.runs)
     about = provenance(sweep)
-    title = f"sweep {sweep.name}: data {about['data']} (binarize={about['binarize']}), {about['max_steps']} steps, seeds {about['seeds']}"
+    title = (
+        f"sweep {sweep.name}: data {about['data']} (binarize={about['binarize']}), "
+        f"{about['max_steps']} steps, seeds {about['seeds']}"
+    )
     figures, notes = {}, []
     if sweep.runs:
         accuracy_figure(groups, out_dir / "fig1a.png", title)
@@ -61,7 +64,9 @@ def write_report(
     notes += [note] if note else []
     target, rule = table_target(results, groups)
     rows = comparison_rows(groups, target, registry.published)
-    (out_dir / "report.md").write_text(report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope))
+    (out_dir / "report.md").write_text(
+        report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope)
+    )
     document = claims_document(sweep, about, results, out_of_scope, claims_file)
     (out_dir / "claims.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     if upload:
@@ -71,15 +76,24 @@ def write_report(
     return out_dir
 
 
-def distribution_figures(groups: dict[str, list[RunRecord]], out_dir: Path, about: dict[str, str]) -> tuple[dict[str, str], str | None]:
+def distribution_figures(
+    groups: dict[str, list[RunRecord]], out_dir: Path, about: dict[str, str]
+) -> tuple[dict[str, str], str | None]:
     """Fig. 1(b) and 1(c): the lowest seed's typical unit, in the first configuration without and with BN."""
     panels, names = [], []
     for norm, name, caption in (("none", "fig1b", "(b) without BN"), ("bn", "fig1c", "(c) with BN")):
-        chosen = _first_run_with_diagnostics([run for runs in groups.values() for run in runs if run.tags.get("norm") == norm])
+        chosen = _first_run_with_diagnostics(
+            [run for runs in groups.values() for run in runs if run.tags.get("norm") == norm]
+        )
         if chosen is None:
-            return {}, f"Figure 1(b, c) not drawn: the sweep has no usable run with norm={norm} that logged diag/ metrics."
+            return (
+                {},
+                f"Figure 1(b, c) not drawn: the sweep has no usable run with norm={norm} that logged diag/ metrics.",
+            )
         run, unit = chosen
-        panels.append((run, unit, f"{caption}: unit {unit}, seed {run.seed}\n{about['data']}, {about['max_steps']} steps"))
+        panels.append(
+            (run, unit, f"{caption}: unit {unit}, seed {run.seed}\n{about['data']}, {about['max_steps']} steps")
+        )
         names.append(name)
     percentile_figures(panels, [out_dir / f"{name}.png" for name in names])
     return {name: f"{name}.png" for name in names}, None
@@ -105,7 +119,10 @@ def claims_document(
         "provenance": about,
         "verdicts": {result.claim.id: result.verdict.value for result in results},
         "claims": [result.to_dict() for result in results],
-        "not_judged": {"reason": "the sweep has no runs of their experiments", "claims": [claim.id for claim in out_of_scope]},
+        "not_judged": {
+            "reason": "the sweep has no runs of their experiments",
+            "claims": [claim.id for claim in out_of_scope],
+        },
     }
 
 
@@ -117,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bnrepro.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="a sweep name (e.g. mnist_fig1), sweep id or parent run id")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/reports/<sweep name>)")
-    parser.add_argument("--claims", default=str(CLAIMS_FILE), help="claims registry (default: the package's claims.yaml)")
+    parser.add_argument(
+        "--claims", default=str(CLAIMS_FILE), help="claims registry (default: the package's claims.yaml)"
+    )
     parser.add_argument("--no-upload", action="store_true", help="do not log the report to the sweep's parent run")
     args = parser.parse_args(argv)
     try:

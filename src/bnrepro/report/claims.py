@@ -113,7 +113,8 @@ class Registry:
 
 CLAIM_KEYS = {
     "id", "paper", "source", "experiment", "comparison", "configurations", "metric", "better",
-    "at_least", "at_most", "tolerance", "min_seeds", "scale", "full_scale", "published", "protocol", "scale_free", "margin",
+    "at_least", "at_most", "tolerance", "min_seeds", "scale", "full_scale", "published", "protocol", "scale_free",
+    "margin",
 }  # fmt: skip
 
 
@@ -221,15 +222,17 @@ def _check_claim(claim: Claim) -> None:
     count = len(claim.configurations)
     if claim.comparison != "diverges":
         if not isinstance(claim.metric, dict) or claim.metric.get("statistic") not in STATISTICS:
-            raise ValueError(f"metric must be {{statistic: NAME, ...}} with NAME one of {', '.join(STATISTICS)}, got {claim.metric!r}")
+            raise ValueError(
+                f"metric must be {{statistic: NAME, ...}} with NAME one of {', '.join(STATISTICS)}, "
+                f"got {claim.metric!r}"
+            )
         if claim.metric["statistic"] == "steps_to_reach" and not _valid_target(claim.metric.get("target")):
             raise ValueError(
                 "metric steps_to_reach needs a target: a number or {fraction, of: final|max, configuration: "
                 f"<selector> | lowest}}, got {claim.metric.get('target')!r}"
             )
-    if claim.comparison == "ordering":
-        if count < 2 or claim.better not in ("higher", "lower"):
-            raise ValueError("ordering needs at least 2 configurations (best first) and better: higher|lower")
+    if claim.comparison == "ordering" and (count < 2 or claim.better not in ("higher", "lower")):
+        raise ValueError("ordering needs at least 2 configurations (best first) and better: higher|lower")
     if claim.comparison in ("ratio", "threshold") and claim.at_least is None and claim.at_most is None:
         raise ValueError(f"{claim.comparison} needs at_least and/or at_most")
     if claim.comparison == "equivalent" and (count != 2 or claim.margin is None or claim.margin <= 0):
@@ -255,9 +258,15 @@ def _valid_target(target: Any) -> bool:
 
 
 def _parse_published(entry: Any) -> Published:
-    if not isinstance(entry, dict) or not isinstance(entry.get("configuration"), dict) or not isinstance(entry.get("values"), dict):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("configuration"), dict)
+        or not isinstance(entry.get("values"), dict)
+    ):
         raise TypeError(f"expected {{configuration: {{...}}, values: {{...}}, source: ...}}, got {entry!r}")
-    return Published(entry["configuration"], {k: float(v) for k, v in entry["values"].items()}, str(entry.get("source", "")))
+    return Published(
+        entry["configuration"], {k: float(v) for k, v in entry["values"].items()}, str(entry.get("source", ""))
+    )
 
 
 # --- selecting runs ----------------------------------------------------------------------------
@@ -272,7 +281,9 @@ def matches(run: RunRecord, selector: dict[str, Any]) -> bool:
 
 
 def selector_label(selector: dict[str, Any]) -> str:
-    return ",".join(f"{key}={'|'.join(map(str, value)) if isinstance(value, list) else value}" for key, value in selector.items())
+    return ",".join(
+        f"{key}={'|'.join(map(str, value)) if isinstance(value, list) else value}" for key, value in selector.items()
+    )
 
 
 def is_diverged(run: RunRecord) -> bool:
@@ -333,7 +344,9 @@ def percentile_drift(run: RunRecord, metric: dict) -> float | None:
     p85 - p15 spread, each divided by the mean spread. The run's value is the mean over units.
     """
     units = diagnostic_units(run, metric.get("site", "last"))
-    drifts = [unit_drift(curves, metric.get("of", "p50"), metric.get("from_fraction", 0.0)) for curves in units.values()]
+    drifts = [
+        unit_drift(curves, metric.get("of", "p50"), metric.get("from_fraction", 0.0)) for curves in units.values()
+    ]
     drifts = [d for d in drifts if d is not None]
     return statistics.fmean(drifts) if drifts else None
 
@@ -349,7 +362,9 @@ def diagnostic_units(run: RunRecord, site: str = "last") -> dict[str, dict[str, 
     for _, key_site, unit, percentile in keys:
         if key_site == chosen:
             units.setdefault(unit, {})[percentile] = dict(run.history[f"diag/{key_site}/{unit}/{percentile}"])
-    return dict(sorted(units.items(), key=lambda item: int(item[0].lstrip("u")) if item[0].lstrip("u").isdigit() else item[0]))
+    return dict(
+        sorted(units.items(), key=lambda item: int(item[0].lstrip("u")) if item[0].lstrip("u").isdigit() else item[0])
+    )
 
 
 def unit_drift(curves: dict[str, dict[int, float]], of: str, from_fraction: float) -> float | None:
@@ -425,7 +440,9 @@ class Group:
             "excluded": dict(sorted(self.excluded.items())),
             "censored": sorted(self.censored),
             "eval_examples": self.eval_examples,
-            "aggregate": None if self.aggregate is None else {k: _json_number(v) for k, v in vars(self.aggregate).items()},
+            "aggregate": None
+            if self.aggregate is None
+            else {k: _json_number(v) for k, v in vars(self.aggregate).items()},
         }
 
 
@@ -470,7 +487,8 @@ class Check:
                 None if self.below is None else f"< {_fmt(show(self.below))}",
             ) if text
         )  # fmt: skip
-        return f"{self.label} = {_fmt(show(self.estimate.value))}, {level:.1%} CI [{_fmt(show(low))}, {_fmt(show(high))}] (claimed {claimed})"
+        interval = f"{level:.1%} CI [{_fmt(show(low))}, {_fmt(show(high))}]"
+        return f"{self.label} = {_fmt(show(self.estimate.value))}, {interval} (claimed {claimed})"
 
     def to_dict(self, level: float) -> dict:
         low, high = self.estimate.interval(level)
@@ -519,7 +537,12 @@ class Result:
             "experiment": list(claim.experiments),
             "comparison": claim.comparison,
             "metric": claim.metric,
-            "bounds": {"at_least": claim.at_least, "at_most": claim.at_most, "tolerance": claim.tolerance, "margin": claim.margin},
+            "bounds": {
+                "at_least": claim.at_least,
+                "at_most": claim.at_most,
+                "tolerance": claim.tolerance,
+                "margin": claim.margin,
+            },
             "protocol": vars(claim.protocol),
             "scale": self.scale or claim.scale,
             "published": claim.published,
@@ -558,13 +581,19 @@ def _is_accuracy(metric: dict | None) -> bool:
     return bool(metric) and metric["statistic"] in ("final", "max", "min") and _series_name(metric).endswith("acc")
 
 
-def _pair_check(claim: Claim, first: Group, second: Group, sign: float, above: float | None, below: float | None) -> Check:
+def _pair_check(
+    claim: Claim, first: Group, second: Group, sign: float, above: float | None, below: float | None
+) -> Check:
     """sign x (mean(first) - mean(second)); the evaluation error of a difference on one shared set is
     bounded by the sum of the two errors (their errors may be anti-correlated)."""
     eval_se = _eval_se(claim.metric, first) + _eval_se(claim.metric, second)
     estimate = difference_estimate(first.samples, second.samples, eval_se)
     estimate = Estimate(sign * estimate.value, estimate.se, estimate.df)
-    label = f"{_metric_label(claim)}: {first.label} - {second.label}" if sign > 0 else f"{_metric_label(claim)}: {second.label} - {first.label}"
+    label = (
+        f"{_metric_label(claim)}: {first.label} - {second.label}"
+        if sign > 0
+        else f"{_metric_label(claim)}: {second.label} - {first.label}"
+    )
     return Check(label, estimate, above, below, _pooled_sd(first, second), eval_se)
 
 
@@ -583,7 +612,10 @@ def _metric_label(claim: Claim) -> str:
 def ordering(claim: Claim, groups: list[Group]) -> list[Check]:
     """Each configuration beats the next one (best first) by more than `tolerance`."""
     sign = 1.0 if claim.better == "higher" else -1.0
-    return [_pair_check(claim, winner, loser, sign, claim.tolerance, None) for winner, loser in zip(groups, groups[1:])]
+    return [
+        _pair_check(claim, winner, loser, sign, claim.tolerance, None)
+        for winner, loser in zip(groups, groups[1:], strict=False)
+    ]
 
 
 def equivalent(claim: Claim, groups: list[Group]) -> list[Check]:
@@ -598,10 +630,11 @@ def ratio(claim: Claim, groups: list[Group]) -> list[Check]:
     if math.isnan(estimate.value):
         raise NotRun(f"the ratio {num.label} / {den.label} is undefined (a mean is not positive)")
     seed_sd = math.hypot(num.aggregate.std / num.aggregate.mean, den.aggregate.std / den.aggregate.mean) / math.sqrt(2)
-    eval_se = math.hypot(_eval_se(claim.metric, num) / num.aggregate.mean, _eval_se(claim.metric, den) / den.aggregate.mean)
-    return [Check(
-        f"{_metric_label(claim)}: {num.label} / {den.label}", estimate, _log(claim.at_least), _log(claim.at_most), seed_sd, eval_se, True
-    )]  # fmt: skip
+    eval_se = math.hypot(
+        _eval_se(claim.metric, num) / num.aggregate.mean, _eval_se(claim.metric, den) / den.aggregate.mean
+    )
+    label = f"{_metric_label(claim)}: {num.label} / {den.label}"
+    return [Check(label, estimate, _log(claim.at_least), _log(claim.at_most), seed_sd, eval_se, log_scale=True)]
 
 
 def _log(bound: float | None) -> float | None:
@@ -617,7 +650,14 @@ def threshold(claim: Claim, groups: list[Group]) -> list[Check]:
     low = None if claim.at_least is None else claim.at_least - claim.tolerance
     high = None if claim.at_most is None else claim.at_most + claim.tolerance
     return [
-        Check(f"{_metric_label(claim)}: {group.label}", _mean(claim, group), low, high, group.aggregate.std, _eval_se(claim.metric, group))
+        Check(
+            f"{_metric_label(claim)}: {group.label}",
+            _mean(claim, group),
+            low,
+            high,
+            group.aggregate.std,
+            _eval_se(claim.metric, group),
+        )
         for group in groups
     ]
 
@@ -642,7 +682,9 @@ def in_scope(claim: Claim, runs: Sequence[RunRecord]) -> bool:
     return not claim.experiments or any(run.tags.get("experiment") in claim.experiments for run in runs)
 
 
-def evaluate(claims: Sequence[Claim] | Registry, runs: Sequence[RunRecord], alpha: float = 1 - DEFAULT_LEVEL) -> list[Result]:
+def evaluate(
+    claims: Sequence[Claim] | Registry, runs: Sequence[RunRecord], alpha: float = 1 - DEFAULT_LEVEL
+) -> list[Result]:
     """The verdict of every claim whose experiment is in `runs` (the job runs of one sweep), the
     claims judged together under Holm-Bonferroni."""
     claims = claims.claims if isinstance(claims, Registry) else claims
@@ -659,7 +701,7 @@ def judge(results: list[Result], alpha: float = 1 - DEFAULT_LEVEL) -> list[Resul
     every claim judged in one report), PASS at the Holm level, FAIL at the Bonferroni level."""
     tested = [result for result in results if result.checks]
     levels = holm_levels([result.p_holds for result in tested], alpha)
-    for result, holm in zip(tested, levels):
+    for result, holm in zip(tested, levels, strict=True):
         bonferroni = alpha / len(tested)
         result.level = 1 - max(holm, bonferroni)
         result.correction = f"Holm-Bonferroni over {len(tested)} claims" if len(tested) > 1 else "none (one claim)"
@@ -695,7 +737,9 @@ def measure_claim(claim: Claim, runs: Sequence[RunRecord]) -> Result:
     result = Result(claim, Verdict.NOT_RUN, "")
     try:
         pool = claim_runs(claim, runs)
-        result.groups = [Group(selector, [run for run in pool if matches(run, selector)]) for selector in claim.configurations]
+        result.groups = [
+            Group(selector, [run for run in pool if matches(run, selector)]) for selector in claim.configurations
+        ]
         for group in result.groups:
             if not group.runs:
                 raise NotRun(f"the sweep has no runs of configuration {group.label}{_in_experiments(claim)}")
@@ -725,7 +769,9 @@ def _measure_groups(claim: Claim, pool: list[RunRecord], result: Result) -> None
     for group in result.groups:
         group.aggregate = Aggregate.of(group.samples)
         if _is_steps(metric):
-            group.censored = sorted(run.run_id for run in group.runs if run.run_id in group.values and is_censored(run, metric))
+            group.censored = sorted(
+                run.run_id for run in group.runs if run.run_id in group.values and is_censored(run, metric)
+            )
     if _is_steps(metric) and all(len(g.censored) == len(g.values) for g in result.groups):
         raise NotRun(f"no run reached the target {result.target:.4g} on {_series_name(metric)} ({result.target_rule})")
     result.checks = COMPARISONS[claim.comparison](claim, result.groups)
@@ -764,7 +810,9 @@ def _check_protocol(claim: Claim, groups: list[Group], metric: dict) -> str:
     if protocol.steps is not None and last < protocol.steps:
         raise NotRun(f"runs end at step {last:,}; the protocol is {protocol.steps:,}")
     if protocol.eval_every is not None and every and every != [str(protocol.eval_every)]:
-        raise NotRun(f"runs evaluate every {'|'.join(every)} steps; the protocol evaluates every {protocol.eval_every:,}")
+        raise NotRun(
+            f"runs evaluate every {'|'.join(every)} steps; the protocol evaluates every {protocol.eval_every:,}"
+        )
     return ""
 
 
@@ -774,10 +822,11 @@ def eval_interval(run: RunRecord) -> str | None:
 
 
 def _caps(claim: Claim, groups: list[Group]) -> list[str]:
+    needed = max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds)
     caps = [
-        f"{group.label} has {len(group.seeds)} usable seed(s), fewer than {max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds)}"
+        f"{group.label} has {len(group.seeds)} usable seed(s), fewer than {needed}"
         for group in groups
-        if len(group.seeds) < max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds)
+        if len(group.seeds) < needed
     ]
     for group in _claimed_smaller(claim, groups):
         if group.censored:
@@ -808,7 +857,9 @@ def divergence_verdict(claim: Claim, result: Result) -> Result:
     for group in result.groups:
         judge_outcomes(group)
         if not group.values:
-            raise NotRun(f"no run of {group.label} diverged or finished ({', '.join(sorted(set(group.excluded.values())))})")
+            raise NotRun(
+                f"no run of {group.label} diverged or finished ({', '.join(sorted(set(group.excluded.values())))})"
+            )
     notes, verdict = [], Verdict.PASS
     for group in result.groups:
         diverged = int(sum(group.values.values()))  # judge_outcomes: 1 per diverged run, 0 per finished one
@@ -824,10 +875,15 @@ def divergence_verdict(claim: Claim, result: Result) -> Result:
 
 def _require_one_configuration(group: Group) -> None:
     """Seeds may be pooled only within one configuration: a selector matching several is ambiguous."""
-    differing = {key: sorted(values) for key, values in varying_values([configuration_of(run) for run in group.runs]).items()}
+    differing = {
+        key: sorted(values) for key, values in varying_values([configuration_of(run) for run in group.runs]).items()
+    }
     if differing:
         spread = ", ".join(f"{key}={'|'.join(values)}" for key, values in differing.items())
-        raise NotRun(f"ambiguous: {group.label} matches runs of several configurations ({spread}); use a sweep that varies only what the claim compares")
+        raise NotRun(
+            f"ambiguous: {group.label} matches runs of several configurations ({spread}); "
+            "use a sweep that varies only what the claim compares"
+        )
 
 
 def claim_runs(claim: Claim, runs: Sequence[RunRecord]) -> list[RunRecord]:
@@ -866,7 +922,8 @@ def measure(group: Group, metric: dict) -> None:
 
 
 def judge_outcomes(group: Group) -> None:
-    """For `diverges`: a run that diverged or finished is judged (value 1 / 0); a failed or unfinished one is left out."""
+    """For `diverges`: a run that diverged or finished is judged (value 1 / 0); a failed or unfinished one is
+    left out."""
     for run in group.runs:
         if is_diverged(run) or run.status == "FINISHED":
             group.values[run.run_id] = float(is_diverged(run))
@@ -903,7 +960,10 @@ def resolve_target(claim: Claim, metric: dict, pool: Sequence[RunRecord]) -> tup
     references = [run for run in pool if any(matches(run, s) for s in selectors) and unusable_reason(run) is None]
     values = [value for run in references if (value := of(run, metric)) is not None and math.isfinite(value)]
     if not values:
-        raise NotRun(f"the target's reference configuration {reference if reference == 'lowest' else selector_label(reference)} has no usable runs")
+        raise NotRun(
+            f"the target's reference configuration {'lowest' if reference == 'lowest' else selector_label(reference)} "
+            "has no usable runs"
+        )
     lowest = min(values)
     noise = 2 * binomial_se_bound(lowest, _eval_examples(claim, references))
     fraction = float(target.get("fraction", 1.0))

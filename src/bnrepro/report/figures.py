@@ -26,14 +26,16 @@ def seed_band(runs: Sequence[RunRecord], metric: str) -> tuple[np.ndarray, np.nd
     """(steps, mean, min, max) over the runs, at the steps every run evaluated."""
     histories = [dict(run.history.get(metric, [])) for run in runs]
     steps = sorted(set.intersection(*(set(history) for history in histories))) if histories else []
-    values = np.array([[history[step] for step in steps] for history in histories], dtype=float).reshape(len(histories), len(steps))
+    values = np.array([[history[step] for step in steps] for history in histories], dtype=float).reshape(
+        len(histories), len(steps)
+    )
     return np.array(steps), values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
 def accuracy_figure(groups: dict[str, list[RunRecord]], path: Path, title: str, metric: str = "val/acc") -> Path:
     """Figure 1(a): mean test accuracy per configuration with a min-max band over seeds."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for color, (label, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], groups.items()):
+    for color, (label, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], groups.items(), strict=False):
         usable = [run for run in runs if unusable_reason(run) is None and run.history.get(metric)]
         if not usable:
             continue
@@ -68,7 +70,7 @@ def percentile_figures(panels: list[tuple[RunRecord, str, str]], paths: list[Pat
     limits = (min(values), max(values)) if values else (0.0, 1.0)
     margin = 0.05 * (limits[1] - limits[0] or 1.0)
     written = []
-    for (run, unit, title), unit_curves, path in zip(panels, curves, paths):
+    for (_, _, title), unit_curves, path in zip(panels, curves, paths, strict=True):
         figure, ax = plt.subplots(figsize=(5.5, 4.2))
         for key, (name, color) in PERCENTILE_STYLES.items():
             points = sorted(unit_curves.get(key, {}).items())

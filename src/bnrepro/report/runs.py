@@ -93,10 +93,17 @@ def _search(client, filter_string: str) -> list:
 def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> RunRecord:
     prefixed = sorted(key for key in run.data.metrics if prefixes and key.startswith(prefixes))
     history = {
-        metric: [(point.step, point.value) for point in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda p: p.step)]
+        metric: [
+            (point.step, point.value)
+            for point in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda p: p.step)
+        ]
         for metric in dict.fromkeys([*metrics, *prefixed])
     }
-    tags = {key: value for key, value in run.data.tags.items() if key in GROUPS or key.startswith("bnrepro.") or key == "seed"}
+    tags = {
+        key: value
+        for key, value in run.data.tags.items()
+        if key in GROUPS or key.startswith("bnrepro.") or key == "seed"
+    }
     return RunRecord(run.info.run_id, run.info.run_name, run.info.status, tags, dict(run.data.params), history)
 
 
@@ -132,7 +139,7 @@ def group_by_configuration(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     named = [key for key in differing if key in GROUPS]  # a group choice names a configuration best
     varying = named or list(differing)
     groups: dict[str, list[RunRecord]] = {}
-    for run, configuration in zip(runs, configurations):
+    for run, configuration in zip(runs, configurations, strict=True):
         label = ",".join(f"{key}={configuration.get(key, '-')}" for key in varying)
         groups.setdefault(label or configuration.get("experiment", "all runs"), []).append(run)
     return groups

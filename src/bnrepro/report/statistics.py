@@ -66,7 +66,9 @@ def mean_estimate(values: Sequence[float], eval_se: float = 0.0) -> Estimate:
     if n < 2:
         return Estimate(statistics.fmean(values) if values else math.nan, math.inf, 1.0)
     seed_var = statistics.variance(values) / n
-    return Estimate(statistics.fmean(values), math.sqrt(seed_var + eval_se**2), satterthwaite_df([(seed_var, n)], eval_se))
+    return Estimate(
+        statistics.fmean(values), math.sqrt(seed_var + eval_se**2), satterthwaite_df([(seed_var, n)], eval_se)
+    )
 
 
 def difference_estimate(a: Sequence[float], b: Sequence[float], eval_se: float = 0.0) -> Estimate:

@@ -7,7 +7,8 @@ from bnrepro.report.tables import percent_or_dash
 
 
 def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
-    """One line per run: its outcome, `metric` at the first evaluation (how fast it trains), at the end, and its best."""
+    """One line per run: its outcome, `metric` at the first evaluation (how fast it trains), at the end and its
+    best."""
     header = f"{'configuration':<40} {'seed':>4} {'outcome':<9} {'steps':>6} {'first eval':>16} {'final':>8} {'max':>8}"
     lines = [f"sweep {sweep.name} (parent run {sweep.parent_run_id}): {metric}", header, "-" * len(header)]
     for configuration, runs in group_by_configuration(sweep.runs).items():
@@ -24,7 +25,9 @@ def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m bnrepro.report.summary SWEEP  (a sweep name, sweep id or parent run id)", file=sys.stderr)
+        print(
+            "usage: python -m bnrepro.report.summary SWEEP  (a sweep name, sweep id or parent run id)", file=sys.stderr
+        )
         return 2
     try:
         print(summary_table(load_sweep(argv[0])))

@@ -5,7 +5,6 @@ accuracy, max and final test accuracy, each as mean +- standard deviation over s
 seed range, and the paper's published number beside ours where the registry has one.
 """
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,7 +41,9 @@ class Row:
         return sorted({run.seed for run in self.usable}, key=numeric_order)
 
 
-def comparison_rows(groups: dict[str, list[RunRecord]], target: float | None, published: Sequence[Published] = ()) -> list[Row]:
+def comparison_rows(
+    groups: dict[str, list[RunRecord]], target: float | None, published: Sequence[Published] = ()
+) -> list[Row]:
     rows = []
     for label, runs in groups.items():
         usable = [run for run in runs if unusable_reason(run) is None and run.history.get(ACCURACY)]
@@ -74,7 +75,9 @@ def table_target(results: Sequence[Result], groups: dict[str, list[RunRecord]]) 
             finals.append(sum(values) / len(values))
     if not finals:
         return None, "no configuration logged test accuracy"
-    return DEFAULT_TARGET_FRACTION * min(finals), f"{DEFAULT_TARGET_FRACTION:.0%} of the lowest configuration's mean final test accuracy"
+    return DEFAULT_TARGET_FRACTION * min(
+        finals
+    ), f"{DEFAULT_TARGET_FRACTION:.0%} of the lowest configuration's mean final test accuracy"
 
 
 def percent(a: Aggregate | None) -> str:
@@ -109,7 +112,8 @@ def comparison_table(rows: Sequence[Row], target: float | None) -> str:
     for row in rows:
         seeds = f"{len(row.seeds)} ({', '.join(row.seeds)})" + _left_out(row)
         lines.append(
-            f"| {row.configuration} | {seeds} | {steps(row.steps, row.censored)}{published_cell(row, 'steps_to_target', 'steps')} "
+            f"| {row.configuration} | {seeds} "
+            f"| {steps(row.steps, row.censored)}{published_cell(row, 'steps_to_target', 'steps')} "
             f"| {percent(row.max_acc)}{published_cell(row, 'max_acc', 'percent')} "
             f"| {percent(row.final_acc)}{published_cell(row, 'final_acc', 'percent')} |"
         )
@@ -140,7 +144,8 @@ def out_of_scope_line(claims: Sequence[Claim]) -> str:
     if not claims:
         return ""
     needed = sorted({experiment for claim in claims for experiment in claim.experiments})
-    return f"{len(claims)} claims need experiments this sweep lacks ({', '.join(needed)}): {', '.join(c.id for c in claims)}."
+    ids = ", ".join(claim.id for claim in claims)
+    return f"{len(claims)} claims need experiments this sweep lacks ({', '.join(needed)}): {ids}."
 
 
 VERDICT_RULES = (
@@ -176,9 +181,11 @@ def provenance(sweep: Sweep) -> dict[str, str]:
         "seeds": values(lambda run: run.seed),
         "experiment": values(lambda run: run.tags.get("experiment")),
         "optimizer": values(
-            lambda run: f"SGD lr {run.params.get('optim.lr')}, momentum {run.params.get('optim.momentum')}"
-            if "optim.lr" in run.params
-            else None
+            lambda run: (
+                f"SGD lr {run.params.get('optim.lr')}, momentum {run.params.get('optim.momentum')}"
+                if "optim.lr" in run.params
+                else None
+            )
         ),
         "statuses": values(lambda run: run.outcome),
     }
@@ -199,7 +206,8 @@ def report_markdown(
         f"# Report: sweep `{sweep.name}`",
         "",
         f"- **Data**: {about['data']} (binarize={about['binarize']}), batch size {about['batch_size']}",
-        f"- **Steps**: {about['max_steps']} (last evaluation at step {about['last_step']}), test accuracy every {about['eval_every']} steps",
+        f"- **Steps**: {about['max_steps']} (last evaluation at step {about['last_step']}), "
+        f"test accuracy every {about['eval_every']} steps",
         f"- **Seeds**: {about['seeds']} ({len(sweep.runs)} runs; status {about['statuses']})",
         f"- **Experiment**: {about['experiment']}; optimizer: {about['optimizer']}",
         f"- **MLflow**: parent run `{sweep.parent_run_id}`, sweep id `{sweep.sweep_id}`",
@@ -208,11 +216,17 @@ def report_markdown(
         "",
     ]
     if "fig1a" in figures:
-        lines += [f"![Figure 1a]({figures['fig1a']})", "", "Mean over seeds; the band spans the lowest to the highest seed.", ""]
+        lines += [
+            f"![Figure 1a]({figures['fig1a']})",
+            "",
+            "Mean over seeds; the band spans the lowest to the highest seed.",
+            "",
+        ]
     lines += [
         "## Comparison table",
         "",
-        f"Mean ± standard deviation over seeds, [min–max] over seeds. Target accuracy: {percent_or_dash(target)} ({target_rule}).",
+        "Mean ± standard deviation over seeds, [min–max] over seeds (steps: the median). "
+        f"Target accuracy: {percent_or_dash(target)} ({target_rule}).",
         "",
         comparison_table(rows, target),
         "",
@@ -221,7 +235,12 @@ def report_markdown(
         lines += ["The paper publishes no number for these configurations (for MNIST, Figure 1 shows curves only).", ""]
     lines += ["## Figure 1(b, c): input distribution of a typical sigmoid of the last hidden layer", ""]
     panels = [key for key in ("fig1b", "fig1c") if key in figures]
-    lines += [" ".join(f"![Figure {key[3:]}]({figures[key]})" for key in panels) if panels else "Not drawn: see the notes below.", ""]
+    lines += [
+        " ".join(f"![Figure {key[3:]}]({figures[key]})" for key in panels)
+        if panels
+        else "Not drawn: see the notes below.",
+        "",
+    ]
     lines += ["## Claims", "", VERDICT_RULES, "", claims_table(results), ""]
     if out_of_scope:
         lines += [out_of_scope_line(out_of_scope), ""]
