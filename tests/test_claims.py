@@ -438,10 +438,14 @@ def test_the_package_registry_loads_with_the_mnist_claims():
             ORDERING.replace("comparison: ordering", "comparison: orderin"),
             "claim #1 (final_accuracy): unknown comparison 'orderin'",
         ),
-        (ORDERING.replace("    paper:", "    quote:"), "claim #1 (final_accuracy): unknown field(s) quote"),
+        (ORDERING.replace("    paper:", "    quote:"), "claim #1 (final_accuracy): Key 'quote' not in 'ClaimEntry'"),
         (
             ORDERING.replace("metric: {statistic: final}", "metric: {statistic: best}"),
             "claim #1 (final_accuracy): metric must be",
+        ),
+        (
+            RATIO.replace("at_least: 2.0", "at_least: lots"),
+            "claim #1 (stability): Value 'lots' of type 'str' could not",
         ),
         (
             RATIO.replace("[{norm: none}, {norm: bn}]", "[{norm: none}]"),

@@ -29,9 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bnrepro.report.runs import RunRecord, configuration_of, numeric_order, varying_values
 from bnrepro.report.statistics import (
@@ -63,14 +65,38 @@ class Verdict(str, Enum):
 MIN_SEEDS_FOR_A_VERDICT = 3  # fewer usable seeds per compared configuration: INCONCLUSIVE at best
 
 
-@dataclass(frozen=True)
+@dataclass
 class Protocol:
     """What the claim was published under: runs shorter than `steps` cannot judge the end of training."""
 
-    steps: int | None = None  # the paper's training length (None: not fixed by the paper)
-    eval_every: int | None = None  # evaluation interval in steps
-    eval_examples: dict[str, int] = field(default_factory=dict)  # data tag -> evaluation set size, for runs
-    # that do not log the `eval_examples` param
+    steps: Optional[int] = None  # the paper's training length (None: not fixed by the paper)
+    eval_every: Optional[int] = None  # evaluation interval in steps
+    # data tag -> evaluation set size, for runs that do not log the `eval_examples` param
+    eval_examples: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ClaimEntry:
+    """The schema of one entry of claims.yaml (types and known fields checked by OmegaConf)."""
+
+    id: str = MISSING
+    paper: str = MISSING
+    comparison: str = MISSING
+    configurations: list[dict[str, Any]] = MISSING
+    source: str = ""
+    experiment: Any = None  # an experiment tag or a list of them
+    metric: Optional[dict[str, Any]] = None
+    better: str = "higher"
+    at_least: Optional[float] = None
+    at_most: Optional[float] = None
+    tolerance: float = 0.0
+    min_seeds: int = MIN_SEEDS_FOR_A_VERDICT
+    scale: str = "any"
+    full_scale: Optional[dict[str, Any]] = None
+    published: Any = None
+    protocol: Protocol = field(default_factory=Protocol)
+    scale_free: bool = False
+    margin: Optional[float] = None
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -87,7 +113,7 @@ class Claim:
     at_least: float | None = None
     at_most: float | None = None
     tolerance: float = 0.0
-    min_seeds: int = 2
+    min_seeds: int = MIN_SEEDS_FOR_A_VERDICT
     scale: str = "any"
     full_scale: dict[str, Any] | None = None
     published: Any = None
@@ -111,13 +137,6 @@ class Registry:
     published: tuple[Published, ...] = ()
 
 
-CLAIM_KEYS = {
-    "id", "paper", "source", "experiment", "comparison", "configurations", "metric", "better",
-    "at_least", "at_most", "tolerance", "min_seeds", "scale", "full_scale", "published", "protocol", "scale_free",
-    "margin",
-}  # fmt: skip
-
-
 def load_claims(path: Path | str = CLAIMS_FILE) -> Registry:
     """The registry in `path`, checked entry by entry; raises ClaimsFileError naming the bad entry."""
     path = Path(path)
@@ -130,7 +149,7 @@ def load_claims(path: Path | str = CLAIMS_FILE) -> Registry:
     if not isinstance(document, dict) or not isinstance(document.get("claims"), list):
         raise ClaimsFileError(f"claims file {path}: expected a mapping with a 'claims:' list at the top level")
     defaults = document.get("defaults") or {}
-    if not isinstance(defaults, dict) or set(defaults) - CLAIM_KEYS:
+    if not isinstance(defaults, dict):
         raise ClaimsFileError(f"claims file {path}: 'defaults' must be a mapping of claim fields, got {defaults!r}")
     claims, seen = [], set()
     for index, entry in enumerate(document["claims"]):
@@ -138,9 +157,10 @@ def load_claims(path: Path | str = CLAIMS_FILE) -> Registry:
         if isinstance(entry, dict) and "id" in entry:
             where += f" ({entry['id']})"
         try:
-            claim = _parse_claim({**defaults, **entry} if isinstance(entry, dict) else entry)
-        except (ValueError, TypeError) as error:
-            raise ClaimsFileError(f"{where}: {error}") from None
+            claim = _parse_claim(defaults, entry)
+        except (ValueError, TypeError, OmegaConfBaseException) as error:
+            one_line = "; ".join(line.strip() for line in str(error).splitlines())  # OmegaConf adds a full_key line
+            raise ClaimsFileError(f"{where}: {one_line}") from None
         if claim.id in seen:
             raise ClaimsFileError(f"{where}: duplicate id {claim.id!r}")
         seen.add(claim.id)
@@ -154,68 +174,23 @@ def load_claims(path: Path | str = CLAIMS_FILE) -> Registry:
     return Registry(tuple(claims), tuple(published))
 
 
-def _parse_claim(entry: Any) -> Claim:
+def _parse_claim(defaults: dict, entry: Any) -> Claim:
+    """One entry, over the file's defaults, through the typed schema (ClaimEntry), then checked for meaning."""
     if not isinstance(entry, dict):
         raise TypeError(f"a claim must be a mapping, got {entry!r}")
-    unknown = set(entry) - CLAIM_KEYS
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(CLAIM_KEYS))}")
-    for key in ("id", "paper", "comparison", "configurations"):
-        if not entry.get(key):
-            raise ValueError(f"missing required field {key!r}")
-    comparison = entry["comparison"]
-    if comparison not in COMPARISONS:
-        raise ValueError(f"unknown comparison {comparison!r}; known: {', '.join(COMPARISONS)}")
-    configurations = entry["configurations"]
-    if not isinstance(configurations, list) or not all(isinstance(c, dict) and c for c in configurations):
+    typed: ClaimEntry = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ClaimEntry), defaults, entry))
+    if typed.comparison not in COMPARISONS:
+        raise ValueError(f"unknown comparison {typed.comparison!r}; known: {', '.join(COMPARISONS)}")
+    if not typed.configurations or not all(typed.configurations):
         raise ValueError("configurations must be a list of non-empty tag selectors, e.g. [{norm: bn}, {norm: none}]")
-    experiments = entry.get("experiment") or ()
+    experiments = typed.experiment or ()
     experiments = (experiments,) if isinstance(experiments, str) else tuple(experiments)
+    values = {key: value for key, value in vars(typed).items() if key != "experiment"}
     claim = Claim(
-        id=str(entry["id"]),
-        paper=str(entry["paper"]),
-        source=str(entry.get("source", "")),
-        experiments=tuple(str(e) for e in experiments),
-        comparison=comparison,
-        configurations=tuple(configurations),
-        metric=entry.get("metric"),
-        better=entry.get("better", "higher"),
-        at_least=_number(entry, "at_least"),
-        at_most=_number(entry, "at_most"),
-        tolerance=_number(entry, "tolerance") or 0.0,
-        min_seeds=int(entry.get("min_seeds", 2)),
-        scale=entry.get("scale", "any"),
-        full_scale=entry.get("full_scale"),
-        published=entry.get("published"),
-        protocol=_parse_protocol(entry.get("protocol") or {}),
-        scale_free=bool(entry.get("scale_free", False)),
-        margin=_number(entry, "margin"),
+        **{**values, "experiments": tuple(map(str, experiments)), "configurations": tuple(typed.configurations)}
     )
     _check_claim(claim)
     return claim
-
-
-def _parse_protocol(entry: Any) -> Protocol:
-    if not isinstance(entry, dict) or set(entry) - {"steps", "eval_every", "eval_examples"}:
-        raise ValueError(f"protocol must be {{steps, eval_every, eval_examples: {{data: n}}}}, got {entry!r}")
-    examples = entry.get("eval_examples") or {}
-    if not isinstance(examples, dict):
-        raise ValueError(f"protocol.eval_examples must map a data set to its evaluation set size, got {examples!r}")
-    steps, every = entry.get("steps"), entry.get("eval_every")
-    return Protocol(
-        None if steps is None else int(steps),
-        None if every is None else int(every),
-        {str(k): int(v) for k, v in examples.items()},
-    )
-
-
-def _number(entry: dict, key: str) -> float | None:
-    value = entry.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    return float(value)
 
 
 def _check_claim(claim: Claim) -> None:
