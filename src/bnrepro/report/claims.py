@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -69,8 +69,8 @@ MIN_SEEDS_FOR_A_VERDICT = 3  # fewer usable seeds per compared configuration: IN
 class Protocol:
     """What the claim was published under: runs shorter than `steps` cannot judge the end of training."""
 
-    steps: Optional[int] = None  # the paper's training length (None: not fixed by the paper)
-    eval_every: Optional[int] = None  # evaluation interval in steps
+    steps: int | None = None  # the paper's training length (None: not fixed by the paper)
+    eval_every: int | None = None  # evaluation interval in steps
     # data tag -> evaluation set size, for runs that do not log the `eval_examples` param
     eval_examples: dict[str, int] = field(default_factory=dict)
 
@@ -85,18 +85,18 @@ class ClaimEntry:
     configurations: list[dict[str, Any]] = MISSING
     source: str = ""
     experiment: Any = None  # an experiment tag or a list of them
-    metric: Optional[dict[str, Any]] = None
+    metric: dict[str, Any] | None = None
     better: str = "higher"
-    at_least: Optional[float] = None
-    at_most: Optional[float] = None
+    at_least: float | None = None
+    at_most: float | None = None
     tolerance: float = 0.0
     min_seeds: int = MIN_SEEDS_FOR_A_VERDICT
     scale: str = "any"
-    full_scale: Optional[dict[str, Any]] = None
+    full_scale: dict[str, Any] | None = None
     published: Any = None
     protocol: Protocol = field(default_factory=Protocol)
     scale_free: bool = False
-    margin: Optional[float] = None
+    margin: float | None = None
 
 
 # --- the registry ------------------------------------------------------------------------------
