@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from bnrepro.models.inception_bn import INCEPTION_TABLE, PARAMETER_COUNTS, BNInception, ConvUnit
+from bnrepro.models.inception_bn import INCEPTION_TABLE, PARAMETER_COUNTS, BNInception, ConvUnit, SeparableStem
 
 # Figure 5 at 224x224 input, channel_reading="branches": (channels, spatial size) after each row.
 BRANCHES_STAGE_SHAPES = {
@@ -55,19 +55,54 @@ def test_outputs_reading_matches_the_tables_output_column():
         assert shapes[f"inception_{row.name}"][0] == row.table_out
 
 
+# The pinned counts were measured by building the model (count_parameters, 1000 classes, BN, 3 input
+# channels): the separable stem is the default, the ports' plain 7x7 stem differs by the stem alone.
 def test_parameter_count_of_the_branches_reading():
-    assert count_parameters(BNInception(num_classes=1000)) == PARAMETER_COUNTS["branches"] == 11_285_224
+    assert count_parameters(BNInception(num_classes=1000)) == PARAMETER_COUNTS["branches"] == 11_278_528
 
 
 def test_parameter_count_of_the_outputs_reading():
     model = BNInception(num_classes=1000, channel_reading="outputs")
-    assert count_parameters(model) == PARAMETER_COUNTS["outputs"] == 11_194_984
+    assert count_parameters(model) == PARAMETER_COUNTS["outputs"] == 11_188_288
 
 
-def test_separable_stem_parameter_count():
-    # 7x7 depthwise 3 -> 24 (1,176 weights) + 1x1 24 -> 64 (1,536) instead of 7x7x3x64 (9,408)
-    model = BNInception(separable_stem=True)
-    assert count_parameters(model) == 11_285_224 - 9_408 + 1_176 + 1_536 == 11_278_528
+def test_the_default_stem_is_figure_5s_separable_convolution_with_depth_multiplier_8():
+    stem = BNInception().features.conv1
+    assert isinstance(stem, SeparableStem)
+    assert stem.depthwise.groups == 3 and stem.depthwise.out_channels == 3 * 8
+    assert stem.depthwise.kernel_size == (7, 7) and stem.depthwise.stride == (2, 2)
+
+
+def test_the_ports_plain_7x7_stem_parameter_count():
+    # 7x7x3x64 (9,408) instead of 7x7 depthwise 3 -> 24 (1,176 weights) + 1x1 24 -> 64 (1,536)
+    model = BNInception(stem="plain_7x7_ports")
+    assert isinstance(model.features.conv1, ConvUnit)
+    assert count_parameters(model) == 11_278_528 + 9_408 - 1_176 - 1_536 == 11_285_224
+
+
+def test_unknown_stem_is_rejected():
+    with pytest.raises(ValueError, match="stem"):
+        BNInception(stem="separable_stem")
+
+
+@pytest.mark.parametrize("stem", ["separable", "plain_7x7_ports"])
+def test_timm_first_conv_names_the_conv_that_reads_the_input(stem):
+    model = BNInception(in_channels=1, stem=stem, width_multiplier=0.25)
+    assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == 1
+
+
+def test_a_1_channel_model_advertises_1_channel_mean_and_std_to_timm():
+    model = timm.create_model("bn_inception", in_chans=1, width_multiplier=0.25)
+    config = timm.data.resolve_data_config(model=model)
+    assert config["input_size"] == (1, 224, 224)
+    assert config["mean"] == (0.5,) and config["std"] == (0.5,)
+    assert model.default_cfg is model.pretrained_cfg
+
+
+def test_a_3_channel_model_advertises_imagenets_rgb_mean_and_std_to_timm():
+    config = timm.data.resolve_data_config(model=BNInception(width_multiplier=0.25))
+    assert config["input_size"] == (3, 224, 224)
+    assert config["mean"] == (0.485, 0.456, 0.406) and config["std"] == (0.229, 0.224, 0.225)
 
 
 def test_forward_backward_on_a_tiny_input():
@@ -89,7 +124,7 @@ def test_bn_variant_normalizes_every_conv_and_drops_its_bias():
     model = BNInception(width_multiplier=0.25)  # default norm_layer: nn.BatchNorm2d
     units = [m for m in model.modules() if isinstance(m, ConvUnit)]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert len(units) == len(convs) == 69
+    assert len(units) == 69 and len(convs) == 70  # the separable stem's depthwise conv is linear, without BN
     for unit in units:
         assert isinstance(unit.bn, nn.BatchNorm2d) and unit.bn.num_features == unit.conv.out_channels
         assert unit.conv.bias is None
@@ -99,7 +134,7 @@ def test_bn_variant_normalizes_every_conv_and_drops_its_bias():
 def test_no_bn_variant_has_no_bn_and_keeps_conv_biases():
     model = BNInception(norm_layer=None, width_multiplier=0.25)
     assert not any("BatchNorm" in type(m).__name__ for m in model.modules())
-    assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert all(m.conv.bias is not None for m in model.modules() if isinstance(m, ConvUnit))
 
 
 def test_sigmoid_variant_uses_sigmoid_only():
@@ -117,7 +152,7 @@ def test_lrn_and_dropout_switches():
 
 def test_width_multiplier_scales_convs_but_keeps_the_stem_at_least_8_wide():
     model = BNInception(width_multiplier=0.05)
-    assert model.features.conv1.conv.out_channels == 8
+    assert model.features.conv1.pointwise.conv.out_channels == 8
     assert model.features.inception_3a.branch_1x1.conv.out_channels == 3  # round(64 * 0.05)
 
 

@@ -46,6 +46,11 @@ class ChannelReading(Choice):
     outputs = "outputs"  # Figure 5's output column
 
 
+class Stem(Choice):
+    separable = "separable"  # Figure 5's first row: "separable with depth multiplier 8" (bnrepro.models.inception_bn)
+    plain_7x7_ports = "plain_7x7_ports"  # the Caffe and MXNet ports' plain 7x7 convolution
+
+
 class Photometric(Choice):
     full = "full"
     reduced = "reduced"  # Sec. 4.2.1, "Reduce the photometric distortions"
@@ -95,7 +100,7 @@ class InceptionNet:
     activation: Activation = Activation.relu
     dropout: float = "${reg.dropout}"  # type: ignore[assignment]
     lrn: bool = False  # GoogLeNet's local response normalization (the Inception baseline; Sec. 4.2.1 removes it)
-    separable_stem: bool = False  # Figure 5's "separable with depth multiplier 8" first convolution
+    stem: Stem = Stem.separable  # Figure 5's first convolution, or the ports' plain 7x7
     width_multiplier: float = 1.0  # scales every conv's channels (proxy runs on CPU)
     channel_reading: ChannelReading = ChannelReading.branches  # two readings of Figure 5's channel counts
     in_channels: int = 3

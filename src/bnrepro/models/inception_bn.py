@@ -14,19 +14,27 @@ channels for 4c and 4d (the output column says 576) and 1056 for 4e (1024). Two 
 
 * ``channel_reading="branches"`` (default): follow the branch columns exactly, like the Caffe
   and MXNet ports of BN-Inception: 4c/4d output 608, 4e outputs 1056, 5a-5b 1024.
-  **11,285,224 parameters** with 1000 classes (plain 7x7 stem, with BN; BN gamma/beta
+  **11,278,528 parameters** with 1000 classes (separable stem, with BN; BN gamma/beta
   included, running statistics are buffers and not counted).
 * ``channel_reading="outputs"``: keep the output column, as TF-slim's ``inception_v2`` does, by
   using a 96-channel pool projection in 4c and 4d: 4c/4d output 576, 4e 1024.
-  **11,194,984 parameters** with 1000 classes (same conditions).
+  **11,188,288 parameters** with 1000 classes (same conditions).
 
 Neither reaches the 13.6 M parameters the appendix text quotes; the table is what is built.
-``separable_stem=True`` (the paper's "separable with depth multiplier 8" first convolution:
-7x7 depthwise, 8 filters per input channel, then a 1x1 pointwise to 64, BN + nonlinearity only
-after the pointwise, as in TF-slim) saves 6,696 parameters: 11,278,528 ("branches") /
-11,188,288 ("outputs").
+
+The first convolution. Figure 5's first row is "convolution* 7x7/2", the asterisk: "separable with
+depth multiplier 8". ``stem="separable"`` (default) builds it as TF-slim does: a 7x7/2 depthwise
+conv with 8 filters per input channel (linear, no bias, no BN), then a 1x1 pointwise conv to 64,
+BN + nonlinearity only after the pointwise. ``stem="plain_7x7_ports"`` is the Caffe and MXNet
+ports' plain 7x7/2 conv to 64 (6,696 parameters more with 3 input channels: 11,285,224
+"branches" / 11,194,984 "outputs").
 Without BN (``norm_layer=None``) every conv keeps a bias instead of BN's (gamma, beta), one parameter per conv
-channel fewer: 11,275,208 ("branches") / 11,185,032 ("outputs") with the plain stem.
+channel fewer: 11,268,512 ("branches") / 11,178,336 ("outputs") with the separable stem.
+
+timm's ``pretrained_cfg`` (there are no weights; timm's data helpers read it): ImageNet's RGB mean
+and std for 3 input channels; for any other channel count, 0.5 and 0.5 per channel (TF-slim's
+Inception preprocessing, which maps [0, 1] to [-1, 1] whatever the channels), so a 1-channel model
+never advertises a 3-channel normalization.
 
 Spatial sizes: every 3x3 conv and pool uses padding 1, so 224 -> 112 (conv1) -> 56 (pool1) ->
 28 (pool2) -> 14 (3c) -> 7 (4e); the final average pool is adaptive, so small inputs
@@ -59,6 +67,7 @@ __all__ = [
 ]  # timm's register_model appends "bn_inception"
 
 CHANNEL_READINGS = ("branches", "outputs")
+STEMS = ("separable", "plain_7x7_ports")  # Figure 5's first convolution; the Caffe/MXNet ports' plain 7x7
 STEM_MIN_CHANNELS = 8  # a width multiplier never shrinks a stem conv below this many channels
 SEPARABLE_DEPTH_MULTIPLIER = 8  # Figure 5, first row: "separable with depth multiplier 8"
 
@@ -101,10 +110,12 @@ INCEPTION_TABLE: tuple[InceptionRow, ...] = (
 # channels so that those modules output the table's 576 (and 4e its 1024).
 OUTPUT_READING_PROJ = {"4c": 96, "4d": 96}
 
-PARAMETER_COUNTS = {  # num_classes=1000, 224 input, with BN, width 1, plain stem (see docstring)
-    "branches": 11_285_224,
-    "outputs": 11_194_984,
+PARAMETER_COUNTS = {  # num_classes=1000, 3 input channels, with BN, width 1, separable stem (see docstring)
+    "branches": 11_278_528,
+    "outputs": 11_188_288,
 }
+IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INCEPTION_MEAN_STD = 0.5  # TF-slim's Inception preprocessing: (x - 0.5) / 0.5, any channel count
 
 
 def inception_rows(channel_reading: str) -> tuple[InceptionRow, ...]:
@@ -150,7 +161,7 @@ class ConvUnit(nn.Module):
 
 
 class SeparableStem(nn.Module):
-    """Figure 5's first row with ``separable_stem=True``: 7x7/2 depthwise conv with depth
+    """Figure 5's first row with ``stem="separable"``: 7x7/2 depthwise conv with depth
     multiplier 8 (linear, no bias, no BN, as TF-slim's separable_conv2d), then a 1x1 ConvUnit."""
 
     def __init__(self, in_channels: int, out_channels: int, norm_layer: NormLayer | None, activation: str):
@@ -246,6 +257,23 @@ class ChannelScaler:
         return max(min(self.minimum, channels), int(round(channels * self.multiplier)))
 
 
+def pretrained_cfg(in_channels: int, num_classes: int, first_conv: str) -> dict[str, Any]:
+    """What timm's data helpers (``timm.data.resolve_data_config``) read; one mean/std per input channel."""
+    rgb = in_channels == 3
+    mean = IMAGENET_RGB_MEAN if rgb else (INCEPTION_MEAN_STD,) * in_channels
+    std = IMAGENET_RGB_STD if rgb else (INCEPTION_MEAN_STD,) * in_channels
+    return {
+        "input_size": (in_channels, 224, 224),
+        "interpolation": "bilinear",
+        "crop_pct": 224 / 256,
+        "mean": mean,
+        "std": std,
+        "num_classes": num_classes,
+        "first_conv": first_conv,
+        "classifier": "classifier",
+    }
+
+
 def local_response_norm() -> nn.Module:
     """GoogLeNet's LRN (Caffe: local_size 5, alpha 1e-4, beta 0.75; torch also divides alpha by size)."""
     return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
@@ -263,7 +291,8 @@ class BNInception(nn.Module):
             it for the accelerated BN nets; the original Inception used 0.4).
         lrn: GoogLeNet's local response normalization in the stem, after pool1 and after conv2
             (before pool2), for the non-BN Inception baseline; Sec. 4.2.1 removes it.
-        separable_stem: the paper's depthwise-separable first conv (depth multiplier 8).
+        stem: "separable" (default): Figure 5's depthwise-separable first conv (depth multiplier 8);
+            "plain_7x7_ports": the Caffe/MXNet ports' plain 7x7 conv.
         width_multiplier: scales every conv's channel count (rounded, >= 1; stem convs >= 8).
         channel_reading: "branches" (default) or "outputs", see the module docstring.
         in_channels: input image channels.
@@ -278,13 +307,15 @@ class BNInception(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         lrn: bool = False,
-        separable_stem: bool = False,
+        stem: str = "separable",
         width_multiplier: float = 1.0,
         channel_reading: str = "branches",
         in_channels: int = 3,
     ):
         super().__init__()
         make_activation(activation)  # an unknown name fails before anything is built
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         rows = inception_rows(channel_reading)
@@ -295,9 +326,10 @@ class BNInception(nn.Module):
         unit = lambda c_in, c_out, k, stride=1: ConvUnit(c_in, c_out, k, stride, norm_layer, activation)  # noqa: E731
 
         c1, c2_reduce, c2 = stem_width(64), stem_width(64), stem_width(192)
-        conv1 = (
-            SeparableStem(in_channels, c1, norm_layer, activation) if separable_stem else unit(in_channels, c1, 7, 2)
-        )
+        if stem == "separable":
+            conv1: nn.Module = SeparableStem(in_channels, c1, norm_layer, activation)
+        else:
+            conv1 = unit(in_channels, c1, 7, 2)
         layers: list[tuple[str, nn.Module]] = [("conv1", conv1), ("pool1", nn.MaxPool2d(3, 2, padding=1))]
         if lrn:  # GoogLeNet places LRN after pool1 and after conv2 (before pool2)
             layers.append(("lrn1", local_response_norm()))
@@ -316,16 +348,9 @@ class BNInception(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)  # Figure 5's "avg pool 7x7/1", any input size
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(channels, num_classes)
-        self.pretrained_cfg = {  # what timm's data helpers read; there are no weights
-            "input_size": (in_channels, 224, 224),
-            "interpolation": "bilinear",
-            "crop_pct": 224 / 256,
-            "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225),
-            "num_classes": num_classes,
-            "first_conv": "features.conv1",
-            "classifier": "classifier",
-        }
+        first_conv = "features.conv1.depthwise" if stem == "separable" else "features.conv1.conv"
+        self.pretrained_cfg = pretrained_cfg(in_channels, num_classes, first_conv)
+        self.default_cfg = self.pretrained_cfg  # timm's older name for the same dict
         self._init_weights(activation)
 
     def _init_weights(self, activation: str) -> None:
