@@ -46,7 +46,7 @@ from bnrepro.report.statistics import (
     mean_estimate,
     seeds_needed,
 )
-from bnrepro.tracking import FAILURE_TAG
+from bnrepro.tracking.tags import EVAL_EXAMPLES_PARAM, FAILURE_TAG
 
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 
@@ -760,7 +760,7 @@ def _eval_examples(claim: Claim, runs: Sequence[RunRecord]) -> int:
     """The evaluation set's size: the run's `eval_examples` param, else the protocol's for its data set."""
     sizes = set()
     for run in runs:
-        logged = run.params.get("eval_examples") or claim.protocol.eval_examples.get(run.tags.get("data", ""))
+        logged = run.params.get(EVAL_EXAMPLES_PARAM) or claim.protocol.eval_examples.get(run.tags.get("data", ""))
         if logged is None:
             raise NotRun(
                 f"the evaluation set size is unknown: run {run.run_id} logs no eval_examples and the claim's "

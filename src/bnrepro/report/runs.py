@@ -2,8 +2,16 @@
 
 from dataclasses import dataclass, field
 
-from bnrepro.identity import EXCLUDED
-from bnrepro.tracking import GROUPS, OUTCOME_TAG, ROLE_TAG, SWEEP_ID_TAG, SWEEP_NAME_TAG, tracking_uri
+from bnrepro.lifecycle.identity import EXCLUDED
+from bnrepro.tracking.store import client_for, search_runs
+from bnrepro.tracking.tags import (
+    GROUPS,
+    OUTCOME_TAG,
+    ROLE_TAG,
+    SWEEP_ID_TAG,
+    SWEEP_NAME_TAG,
+    tracking_uri,
+)
 
 
 class SweepNotFound(LookupError):
@@ -58,36 +66,28 @@ def load_sweep(
     Histories are read for `metrics` and for every metric a run logged whose key starts with one
     of `prefixes` (e.g. "diag/" for the covariate-shift diagnostics).
     """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri(uri))
+    client = client_for(tracking_uri(uri))
     parent = _find_parent(client, sweep)
     sweep_id = parent.data.tags[SWEEP_ID_TAG]
-    jobs = _search(client, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'job'")
+    jobs = search_runs(client, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'job'")
     records = [_record(client, run, metrics, prefixes) for run in sorted(jobs, key=lambda r: r.info.start_time)]
     return Sweep(parent.info.run_id, parent.data.tags.get(SWEEP_NAME_TAG, sweep_id), sweep_id, records)
 
 
 def _find_parent(client, sweep: str):
     for key in (SWEEP_NAME_TAG, SWEEP_ID_TAG):
-        found = _search(client, f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{key}` = '{sweep}'")
+        found = search_runs(client, f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{key}` = '{sweep}'")
         if found:
             return max(found, key=lambda run: run.info.start_time)
-    parents = [run for run in _search(client, f"tags.`{ROLE_TAG}` = 'sweep'") if run.info.run_id == sweep]
+    sweeps = search_runs(client, f"tags.`{ROLE_TAG}` = 'sweep'")
+    parents = [run for run in sweeps if run.info.run_id == sweep]
     if parents:
         return parents[0]
-    known = sorted({run.data.tags.get(SWEEP_NAME_TAG, "?") for run in _search(client, f"tags.`{ROLE_TAG}` = 'sweep'")})
+    known = sorted({run.data.tags.get(SWEEP_NAME_TAG, "?") for run in sweeps})
     raise SweepNotFound(
         f"no sweep named {sweep!r} in {client.tracking_uri}; known sweeps: {', '.join(known) or 'none'} "
         "(run one with `python train.py -m ...` or `make reproduce-mnist`)"
     )
-
-
-def _search(client, filter_string: str) -> list:
-    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
-    if not experiment_ids:
-        return []
-    return client.search_runs(experiment_ids, filter_string=filter_string, max_results=50_000)
 
 
 def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> RunRecord:
@@ -111,7 +111,7 @@ def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = (
 def configuration_of(run: RunRecord) -> dict[str, str]:
     """What identifies the run's configuration: its group choices (tags) and its logged config (params),
     minus the seed (and the keys set from it) and the keys that do not change the result (the
-    project's list, bnrepro.identity.EXCLUDED: logging, checkpoints, resuming, output)."""
+    project's list, bnrepro.lifecycle.identity.EXCLUDED: logging, checkpoints, resuming, output)."""
     configuration = {group: run.tags[group] for group in GROUPS if group in run.tags}
     for key, value in run.params.items():
         if not _ignored(key):
