@@ -1,8 +1,8 @@
 """Train one configuration, or sweep many with -m: `python train.py -m norm=bn,none optim=lr_x5,lr_x30`."""
 
-from bnrepro import fast_exit
+from bnrepro.lifecycle import fast_exit
 
-fast_exit.install()  # first, so it runs after every other exit handler (see bnrepro.fast_exit)
+fast_exit.install()  # first, so it runs after every other exit handler (see bnrepro.lifecycle.fast_exit)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -444,7 +444,7 @@ def _machine(bench: Bench) -> dict:
 
 
 def _git() -> dict:
-    from bnrepro.tracking import git_state
+    from bnrepro.tracking.job import git_state
 
     state = git_state(ROOT)
     return {"commit": state.get("mlflow.source.git.commit", ""), "dirty": state.get("bnrepro.git_dirty") == "True"}

@@ -2,7 +2,7 @@
 
 from mlflow.tracking import MlflowClient
 
-from bnrepro.tracking import PARENT_TAG, ROLE_TAG, SWEEP_ID_TAG
+from bnrepro.tracking.tags import PARENT_TAG, ROLE_TAG, SWEEP_ID_TAG
 from conftest import QUICK, run_train
 
 

@@ -27,7 +27,8 @@ def value(worker: int, repetition: int, step: int, key: str) -> float:
 
 def write_runs(worker: int) -> None:
     """One writer: REPETITIONS runs of STEPS steps, flushing asynchronous batches often, tags and heartbeats on."""
-    from bnrepro.tracking import JobInfo, open_run
+    from bnrepro.tracking.job import JobInfo
+    from bnrepro.tracking.run import open_run
     from conftest import compose_config
 
     cfg = compose_config("trainer.max_steps=1", "logger.heartbeat_seconds=0.1", "logger.stale_after_seconds=0")
@@ -83,7 +84,7 @@ def test_four_concurrent_writers_three_runs_each_lose_no_run_and_no_step(tmp_pat
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bnrepro.tracking  # noqa: F401  (import everything before forking)
+    import bnrepro.tracking.run  # noqa: F401  (import everything before forking)
     import conftest  # noqa: F401
 
     sys.exit(fork_writers())

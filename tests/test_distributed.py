@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bnrepro.distributed import DeviceSlot, RankFailed, RankProcesses, global_rank, rank_command
+from bnrepro.lifecycle.distributed import DeviceSlot, RankFailed, RankProcesses, global_rank, rank_command
 from conftest import compose_config, run_train
 
 STEPS = ["trainer.max_steps=30", "loop.eval_every_n_steps=10", "loop.log_every_n_steps=10", "trainer.enable_progress_bar=false"]
@@ -133,7 +133,7 @@ def test_device_slots_give_concurrent_jobs_disjoint_gpus(tmp_path):
 
 BLOCKED_RANK_ZERO = """
 import sys, threading
-from bnrepro.distributed import RankProcesses
+from bnrepro.lifecycle.distributed import RankProcesses
 record = lambda reason: open(sys.argv[1], "w").write(reason)
 with RankProcesses(2, [sys.executable, "-c", "import sys; sys.exit(4)"], poll_seconds=0.05,
                    on_abandon=record, grace_seconds=0.5):

@@ -3,7 +3,8 @@
 from mlflow.tracking import MlflowClient
 
 from bnrepro.run import train
-from bnrepro.tracking import DIVERGED_STEP_TAG, FAILURE_TAG, OUTCOME_TAG, ROLE_TAG, JobInfo
+from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.tags import DIVERGED_STEP_TAG, FAILURE_TAG, OUTCOME_TAG, ROLE_TAG
 from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
 from conftest import QUICK, compose_config
 

@@ -6,11 +6,11 @@ import textwrap
 
 import pytest
 
-from bnrepro.fast_exit import exit_status
+from bnrepro.lifecycle.fast_exit import exit_status
 
 SCRIPT = """
 import atexit, sys
-from bnrepro import fast_exit
+from bnrepro.lifecycle import fast_exit
 fast_exit.install()
 atexit.register(lambda: print("later handler ran", flush=False))
 def entry():

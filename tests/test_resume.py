@@ -21,10 +21,11 @@ from bnrepro.callbacks.checkpointing import (
     load_checkpoint,
     save_atomically,
 )
-from bnrepro.interruption import GracefulStop, RunInterrupted, interruptible
-from bnrepro.resume import ResumeError
+from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.lifecycle.resume import ResumeError
 from bnrepro.run import train
-from bnrepro.tracking import FAILURE_TAG, OUTCOME_TAG, RESUMES_TAG, START_TAG, JobInfo
+from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.tags import FAILURE_TAG, OUTCOME_TAG, RESUMES_TAG, START_TAG
 from cli_inprocess import store_template, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
 from conftest import compose_config
 

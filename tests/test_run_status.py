@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from bnrepro import run as run_module
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
 from bnrepro.run import train
-from bnrepro.tracking import FAILURE_TAG, HEARTBEAT_TAG, OUTCOME_TAG, JobInfo
+from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.tags import FAILURE_TAG, HEARTBEAT_TAG, OUTCOME_TAG
 from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
 from conftest import QUICK, ROOT, compose_config
 from test_resume import StopAtStep

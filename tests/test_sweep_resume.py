@@ -4,7 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
-from bnrepro.tracking import IDENTITY_TAG, ROLE_TAG, START_TAG, SWEEP_ID_TAG
+from bnrepro.tracking.tags import IDENTITY_TAG, ROLE_TAG, START_TAG, SWEEP_ID_TAG
 from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
 from test_resume import StopAtStep
 

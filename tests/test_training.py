@@ -4,7 +4,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bnrepro.run import train
-from bnrepro.tracking import FAILURE_TAG, JobInfo
+from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.tags import FAILURE_TAG
 from conftest import QUICK, compose_config
 from test_mnist_data import write_mnist_raw
 

@@ -21,7 +21,7 @@ from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, che
 from bnrepro.callbacks.divergence import Diverged
 from bnrepro.config import ConfigError, validate
 from bnrepro.data.errors import DatasetError
-from bnrepro.distributed import (
+from bnrepro.lifecycle.distributed import (
     DeviceSlot,
     RankProcesses,
     global_rank,
@@ -31,14 +31,18 @@ from bnrepro.distributed import (
     processes_per_node,
     rank_command,
 )
-from bnrepro.identity import JobIdentity, job_identity
-from bnrepro.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.lifecycle.identity import JobIdentity, job_identity
+from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, interruptible
 from bnrepro.messages import first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
-from bnrepro.resume import ResumeError, StartPlan, plan_start
-from bnrepro.tracking import JobInfo, TrackingError, is_tracked, mark_lost_runs, open_run, open_store, record_skipped, tracking_uri
+from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
+from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.liveness import mark_lost_runs
+from bnrepro.tracking.run import is_tracked, open_run, record_skipped
+from bnrepro.tracking.store import TrackingError, open_store
+from bnrepro.tracking.tags import tracking_uri
 
 log = logging.getLogger(__name__)
 

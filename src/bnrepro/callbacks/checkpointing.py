@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bnrepro.atomic_write import write_atomically
-from bnrepro.interruption import RunInterrupted
+from bnrepro.lifecycle.interruption import RunInterrupted
 from bnrepro.messages import cause
 
 log = logging.getLogger(__name__)

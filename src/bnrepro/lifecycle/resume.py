@@ -2,7 +2,7 @@
 
 ``resume=<run id>``      continue that MLflow run from its directory's last.ckpt (same run id).
 ``resume=<output dir>``  continue from <dir>/checkpoints/last.ckpt; the checkpoint names its run.
-``resume=auto``          look the job's identity (bnrepro.identity) up in the store: skip it if a run
+``resume=auto``          look the job's identity (bnrepro.lifecycle.identity) up in the store: skip it if a run
                          with that identity FINISHED, else continue the newest one with a
                          checkpoint, else start fresh.
 ``resume=null``          (default) ``auto`` for the jobs of a multirun, fresh for a single run: so
@@ -11,7 +11,7 @@
 ``rerun=true``           always fresh.
 
 An explicit resume must match the checkpoint's configuration (keys that change the result; see
-`bnrepro.identity.EXCLUDED` for those that may differ, like logging intervals): a mismatch is an
+`bnrepro.lifecycle.identity.EXCLUDED` for those that may differ, like logging intervals): a mismatch is an
 error naming the differing keys. A different code version only warns.
 """
 
@@ -22,12 +22,18 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from bnrepro import tracking
 from bnrepro.callbacks.checkpointing import CheckpointError, last_checkpoint, load_checkpoint
-from bnrepro.identity import JobIdentity, config_differences
-from bnrepro.tracking import OUTPUT_DIR_TAG, JobInfo
+from bnrepro.lifecycle.identity import JobIdentity, config_differences
+from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.run import is_tracked
+from bnrepro.tracking.store import find_run, open_store, runs_with_identity
+from bnrepro.tracking.tags import OUTPUT_DIR_TAG, tracking_uri
 
 log = logging.getLogger(__name__)
+
+
+def _store(cfg: DictConfig):
+    return open_store(tracking_uri(cfg.logger.tracking_uri))
 
 
 class ResumeError(ValueError):
@@ -63,10 +69,10 @@ def plan_start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> StartPla
 
 
 def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
-    if not tracking.is_tracked(cfg):
+    if not is_tracked(cfg):
         log.info("resume=auto needs the tracking store (logger=none): starting fresh")
         return FRESH
-    runs = tracking.runs_with_identity(cfg, identity.digest)
+    runs = runs_with_identity(_store(cfg), identity.digest)
     finished = [run for run in runs if run.info.status == "FINISHED"]
     if finished:
         return StartPlan("skipped", run_id=finished[0].info.run_id)
@@ -96,23 +102,23 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
         )
     state = _load_same_job(path, identity, f"resume={directory}")
     run_id = state["meta"].get("run_id")
-    if tracking.is_tracked(cfg) and run_id:
-        run = tracking.find_run(cfg, run_id)
+    if is_tracked(cfg) and run_id:
+        run = find_run(_store(cfg), run_id)
         if run is None:
-            uri = tracking.tracking_uri(cfg.logger.tracking_uri)
+            uri = tracking_uri(cfg.logger.tracking_uri)
             raise ResumeError(
                 f"resume={directory}: its checkpoint belongs to MLflow run {run_id}, which is not in {uri}; "
                 "set MLFLOW_TRACKING_URI to the store it was tracked in, or resume untracked with logger=none"
             )
         _check_resumable(run, f"resume={directory}")
-    return StartPlan("resumed", run_id if tracking.is_tracked(cfg) else None, str(directory.resolve()), state)
+    return StartPlan("resumed", run_id if is_tracked(cfg) else None, str(directory.resolve()), state)
 
 
 def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPlan:
-    uri = tracking.tracking_uri(cfg.logger.tracking_uri)
-    if not tracking.is_tracked(cfg):
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    if not is_tracked(cfg):
         raise ResumeError(f"resume={run_id} looks like a run id, but logger=none has no store to look it up: give its output directory")
-    run = tracking.find_run(cfg, run_id)
+    run = find_run(_store(cfg), run_id)
     if run is None:
         raise ResumeError(f"resume={run_id}: no such directory and no MLflow run with that id in {uri}")
     if run.info.status == "FINISHED":

@@ -1,0 +1,168 @@
+"""Opening the MLflow store and finding runs in it: the one paged search that resume, lost-run
+marking, the sweep summary and the report all use. Imports MLflow only inside functions, never torch."""
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bnrepro.messages import cause
+from bnrepro.tracking.tags import IDENTITY_TAG, MAX_PARAM_LENGTH, ROLE_TAG, STORE_DIR
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI and the fix."""
+
+
+_OPENED_STORES: dict[str, Any] = {}  # uri -> a client whose store answered (in this process)
+
+
+def client_for(uri: str):
+    """An MLflow client for `uri`, without checking that the store answers (see `open_store`)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_store(uri: str):
+    """A client for `uri` whose store answered: fails fast, naming the URI, before anything trains.
+
+    A fresh SQLite store is created by the first client that touches it (MLflow runs its schema
+    migrations); parallel jobs starting together on a fresh file would race on that, so the first
+    touch in each process holds an exclusive lock file beside the database.
+    """
+    if uri in _OPENED_STORES:
+        return _OPENED_STORES[uri]
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    try:
+        with _SqliteInitLock(uri):
+            client = client_for(uri)  # MLflow creates (migrates) a SQLite store's tables right here
+            client.search_experiments(max_results=1)
+    except Exception as error:
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not usable ({cause(error)}); "
+            "point MLFLOW_TRACKING_URI (or logger.tracking_uri) at a working store, or move the broken file "
+            "aside to start a new one; logger=none runs without tracking"
+        ) from error
+    _OPENED_STORES[uri] = client
+    return client
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """MLflow's REST client retries for minutes; a server that does not answer fails here in seconds."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # the server answered (an older server may lack /health)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it (make tracking-server) "
+            "or set MLFLOW_TRACKING_URI / logger.tracking_uri to a reachable store"
+        ) from error
+
+
+class _SqliteInitLock:
+    """An exclusive flock on <database>.lock while a process first touches a SQLite store."""
+
+    def __init__(self, uri: str):
+        self.path = None
+        if uri.startswith("sqlite:///"):  # (open_store takes it only for a store not yet opened here)
+            database = uri[len("sqlite:///") :].split("?", 1)[0]
+            if database and database != ":memory:":
+                self.path = Path(database + ".lock")
+        self._file = None
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created (artifacts under outputs/ for the default store) if absent."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None
+    if client.tracking_uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+        artifacts = (STORE_DIR / "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # another job of a parallel sweep created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+SEARCH_PAGE = 1000
+
+
+def search_runs(
+    client, filter_string: str = "", order_by: list[str] | None = None, experiment_ids: Sequence[str] | None = None
+) -> list:
+    """Every run matching `filter_string` in `experiment_ids` (default: all experiments), page by page."""
+    if experiment_ids is None:
+        experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiment_ids:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            list(experiment_ids), filter_string=filter_string, order_by=order_by,
+            max_results=SEARCH_PAGE, page_token=token,
+        )  # fmt: skip
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def runs_with_identity(client, digest: str) -> list:
+    """Job runs of this identity in the store, newest first (any status)."""
+    query = f"tags.`{IDENTITY_TAG}` = '{digest}' and tags.`{ROLE_TAG}` = 'job'"
+    return search_runs(client, query, order_by=["attributes.start_time DESC"])
+
+
+def find_run(client, run_id: str):
+    """The run with this id in the store, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def write_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
+    """All of `tags` on the run in one call, each value cut to MLflow's limit."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in tags.items()])
+
+
+def logged_through(client, run) -> dict[str, int]:
+    """metric key -> the last step the store holds for it."""
+    return {
+        key: max((point.step for point in client.get_metric_history(run.info.run_id, key)), default=-1)
+        for key in run.data.metrics
+    }
+
+
+def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
