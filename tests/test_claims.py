@@ -469,3 +469,22 @@ def test_a_malformed_claims_file_names_the_file_and_the_bad_entry(tmp_path, text
         load_claims(path)
     assert str(path) in str(error.value)
     assert message in str(error.value)
+
+
+def test_identical_curves_give_a_ratio_of_one_not_zero_and_do_not_pass_half_the_steps(tmp_path):
+    claim = claim_from(
+        """
+        claims:
+          - id: half_the_steps
+            paper: "we match the accuracy of Inception in less than half the number of training steps"
+            metric: {statistic: steps_to_reach, target: {fraction: 1.0, of: max, configuration: {norm: none}}}
+            comparison: ratio
+            at_most: 0.5
+            configurations: [{norm: bn}, {norm: none}]
+        """,
+        tmp_path,
+    )
+    curve = (0.3, 0.5, 0.6, 0.62, 0.62)
+    result = evaluate_claim(claim, curves("bn", curve, eval_examples=1000) + curves("none", curve, eval_examples=1000))
+    assert math.exp(result.checks[0].estimate.value) == pytest.approx(1.0)
+    assert result.verdict is not Verdict.PASS
