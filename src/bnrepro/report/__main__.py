@@ -70,7 +70,7 @@ def write_report(
     document = claims_document(sweep, about, results, out_of_scope, claims_file)
     (out_dir / "claims.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     if upload:
-        from bnrepro.tracking import log_report  # writing to MLflow happens in tracking.py only
+        from bnrepro.tracking.sweep import log_report  # writing to MLflow happens in tracking/ only (Hydra: lazily)
 
         log_report(sweep.parent_run_id, out_dir, uri=uri)
     return out_dir
