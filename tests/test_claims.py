@@ -265,6 +265,7 @@ def test_a_weak_reference_seed_gives_a_finite_sensible_statistic(tmp_path):
     assert all(math.isfinite(value) for group in result.groups for value in group.values.values())
     assert [group.aggregate.median for group in result.groups] == [200.0, 200.0]
     assert result.verdict is not Verdict.PASS
+    assert result.target < 0.80 and result.groups[1].censored == []  # the weak seed reaches the target too
 
 
 def test_a_run_that_never_reaches_the_target_is_censored_at_its_last_evaluation(tmp_path):
@@ -274,7 +275,7 @@ def test_a_run_that_never_reaches_the_target_is_censored_at_its_last_evaluation(
     bn = result.groups[0]
     assert bn.censored == ["bn-0-mnist_fig1-3"] and bn.values["bn-0-mnist_fig1-3"] == 300.0
     assert result.verdict is Verdict.INCONCLUSIVE
-    assert "never reached the target" in result.reason
+    assert "1 of 3 seeds of norm=bn never reached the target (censored at their last evaluation)" in result.reason
 
 
 def test_too_few_evaluations_is_not_run(tmp_path):

@@ -725,7 +725,7 @@ def measure_claim(claim: Claim, runs: Sequence[RunRecord]) -> Result:
     except NotRun as reason:
         result.verdict, result.reason = Verdict.NOT_RUN, str(reason)
         return result
-    result.reason = _diverged_note(result.groups)
+    result.reason = "; ".join(note for note in (_diverged_note(result.groups), _censored_note(result.groups)) if note)
     result.caps += _caps(claim, result.groups)
     return result
 
@@ -824,6 +824,15 @@ def _claimed_smaller(claim: Claim, groups: list[Group]) -> list[Group]:
 def _diverged_note(groups: list[Group]) -> str:
     counts = [(group.label, sum(reason == "diverged" for reason in group.excluded.values())) for group in groups]
     return "; ".join(f"{count} run(s) of {label} diverged and are left out" for label, count in counts if count)
+
+
+def _censored_note(groups: list[Group]) -> str:
+    return "; ".join(
+        f"{len(group.censored)} of {len(group.values)} seeds of {group.label} never reached the target "
+        "(censored at their last evaluation)"
+        for group in groups
+        if group.censored
+    )
 
 
 def divergence_verdict(claim: Claim, result: Result) -> Result:
