@@ -523,7 +523,7 @@ class Result:
             "published": claim.published,
             "target": self.target,
             "target_rule": self.target_rule,
-            "test": "Welch t on seed means + binomial bound of the evaluation set" if self.checks else None,
+            "test": TESTS.get(self.claim.comparison) if self.checks else None,
             "correction": self.correction,
             "p_holds": None if self.p_holds is None else _json_number(self.p_holds),
             "checks": [check.to_dict(self.level) for check in self.checks],
@@ -643,6 +643,12 @@ COMPARISONS: dict[str, Callable[[Claim, list[Group]], list[Check]]] = {
     "threshold": threshold,
     "equivalent": equivalent,
     "diverges": lambda claim, groups: [],  # counted, not estimated: see divergence_verdict
+}
+TESTS = {  # what claims.json names as the test of each comparison
+    "ordering": "Welch t per adjacent pair, seeds as replicates; accuracies add the evaluation set's binomial bound",
+    "equivalent": "two one-sided Welch t tests against the margin; accuracies add the evaluation set's binomial bound",
+    "ratio": "t on the log ratio of the seed means (delta method); accuracies add the evaluation set's binomial bound",
+    "threshold": "one-sample t on the seed mean; accuracies add the evaluation set's binomial bound",
 }
 EXPECTS_DIVERGENCE = {"diverges"}  # comparisons that judge diverged runs instead of excluding them
 
