@@ -5,7 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
-from bnrepro.tracking.tags import FAILURE_TAG
+from bnrepro.tracking.tags import EVAL_EXAMPLES_PARAM, FAILURE_TAG
 from conftest import QUICK, compose_config
 from test_mnist_data import write_mnist_raw
 
@@ -55,6 +55,14 @@ def test_official_mnist_layout_trains_end_to_end(store, tmp_path):
     cfg = compose_config("data=mnist", f"data.data_dir={root}", "data.download=false", "trainer.max_steps=20", *QUICK)
     final = train(cfg, JobInfo())
     assert set(final) == {"val/acc", "val/acc_top5", "val/loss"}
+
+
+def test_the_number_of_evaluated_examples_is_a_param(store, tmp_path):
+    root = write_mnist_raw(tmp_path, train=600, test=100)
+    cfg = compose_config("data=mnist", f"data.data_dir={root}", "data.download=false", "trainer.max_steps=20", *QUICK)
+    train(cfg, JobInfo())
+    _, run = only_run(store)
+    assert run.data.params[EVAL_EXAMPLES_PARAM] == "100"  # the whole test split, the n of the accuracy's error
 
 
 def test_logger_none_writes_nothing(store):

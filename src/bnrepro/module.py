@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, 
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnrepro.optim import OptimizerFactory, SchedulerFactory
@@ -47,6 +47,8 @@ class Classifier(L.LightningModule):
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
         self.eval_loss = MeanMetric()
+        self.eval_count = SumMetric()  # examples in the evaluation split, over all ranks
+        self.eval_examples = 0  # their number at the last evaluation (the n of its binomial error)
         # The training loss since it was last logged: a device scalar and a step count (no sync per step).
         self._loss_sum: Tensor | None = None
         self._loss_steps = 0
@@ -123,6 +125,7 @@ class Classifier(L.LightningModule):
         inputs, targets = batch
         logits = self.net(inputs)
         self.eval_loss.update(F.cross_entropy(logits, targets), weight=len(targets))
+        self.eval_count.update(len(targets))
         self.top1.update(logits, targets)
         if self.top5 is not None:
             self.top5.update(logits, targets)
@@ -133,6 +136,8 @@ class Classifier(L.LightningModule):
             metrics[f"{prefix}/acc_top5"] = self.top5
         # torchmetrics objects: Lightning computes (synced across ranks) and resets them at epoch end.
         self.log_dict(metrics)
+        self.eval_examples = int(self.eval_count.compute())  # synced across ranks, like the metrics
+        self.eval_count.reset()
         self.log("step", float(self.global_step))
 
 

@@ -42,7 +42,7 @@ from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.liveness import mark_lost_runs
 from bnrepro.tracking.run import is_tracked, open_run, record_skipped
 from bnrepro.tracking.store import TrackingError, open_store
-from bnrepro.tracking.tags import tracking_uri
+from bnrepro.tracking.tags import EVAL_EXAMPLES_PARAM, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         if cut_short or FINAL_METRICS[0] not in trainer.callback_metrics:  # (or resumed after the last evaluation)
             trainer.validate(module, datamodule=datamodule, verbose=False)
         final = {key: float(trainer.callback_metrics[key]) for key in FINAL_METRICS if key in trainer.callback_metrics}
+        run.log_params({EVAL_EXAMPLES_PARAM: module.eval_examples})
     log.info("finished %s at step %d: %s", job.name, trainer.global_step, final)
     return final
 

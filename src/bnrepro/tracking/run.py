@@ -65,8 +65,8 @@ class TrackedRun:
         if self.resumed:
             self._reopen()
         else:
-            experiment_id = experiment_id(self.client, self.cfg.logger.experiment_name)
-            run = self.client.create_run(experiment_id, run_name=self.job.name, tags=self._tags())
+            experiment = experiment_id(self.client, self.cfg.logger.experiment_name)
+            run = self.client.create_run(experiment, run_name=self.job.name, tags=self._tags())
             self.run_id = run.info.run_id
             self.logger = MLflowMetricsLogger(self.client, self.run_id)
             self._log_params()
