@@ -123,9 +123,7 @@ def assert_shards_match_full_batch(scenario: Scenario, out_dir: Path) -> None:
     for rank, result in enumerate(ranks):
         shard = scenario.shard(rank)
         torch.testing.assert_close(result["out"], full["out"][shard], **TOLERANCE)
-        torch.testing.assert_close(
-            result["input_grad"], WORLD_SIZE * full["input_grad"][shard], **TOLERANCE
-        )
+        torch.testing.assert_close(result["input_grad"], WORLD_SIZE * full["input_grad"][shard], **TOLERANCE)
         torch.testing.assert_close(result["weight_grad"], full["weight_grad"], **TOLERANCE)
         torch.testing.assert_close(result["bias_grad"], full["bias_grad"], **TOLERANCE)
         torch.testing.assert_close(result["state"], full["state"], **TOLERANCE)
@@ -214,3 +212,47 @@ def test_convert_sync_batchnorm_uses_torch_syncbatchnorm_for_cuda():
 
     assert type(converted[1]) is nn.SyncBatchNorm
     assert type(converted[3].bn) is nn.SyncBatchNorm
+
+
+def offset_batch(offset_over_spread: float) -> torch.Tensor:
+    """float32 inputs whose mean is `offset_over_spread` times their spread (Issue 13's precision case)."""
+    generator = torch.Generator().manual_seed(4)
+    spread = torch.randn(9, CHANNELS, 2, 2, generator=generator)
+    return (offset_over_spread + spread).float()
+
+
+PRECISION_SHARDS = Scenario(shard_sizes=(4, 5), sample_shape=(2, 2))
+
+
+def forward_offset_shard(rank: int, offset_over_spread: float, port: int, out_dir: Path) -> None:
+    """Spawned worker: one float32 training forward of DistributedBatchNorm on this rank's shard."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=30))
+    try:
+        out = DistributedBatchNorm(CHANNELS)(offset_batch(offset_over_spread)[PRECISION_SHARDS.shard(rank)])
+        torch.save(out.detach(), out_dir / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def float32_error_against_float64(offset_over_spread: float, out_dir: Path) -> tuple[float, float]:
+    """Max output error of the two-rank float32 layer and of torch's float32 BatchNorm vs float64 truth."""
+    mp.spawn(forward_offset_shard, args=(offset_over_spread, free_port(), out_dir), nprocs=WORLD_SIZE)
+    ours = torch.cat([torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)])
+    inputs = offset_batch(offset_over_spread)
+    with torch.no_grad():
+        truth = nn.BatchNorm2d(CHANNELS).double()(inputs.double())
+        torch_float32 = nn.BatchNorm2d(CHANNELS)(inputs)
+    assert ours.dtype == torch.float32
+    return float((ours.double() - truth).abs().max()), float((torch_float32.double() - truth).abs().max())
+
+
+def test_float32_mean_a_thousand_times_the_spread_is_as_precise_as_torch_batchnorm(tmp_path):
+    ours, torch_error = float32_error_against_float64(1e3, tmp_path)
+    assert ours <= 10 * max(torch_error, 1e-6)
+
+
+def test_float32_mean_ten_thousand_times_the_spread_is_as_precise_as_torch_batchnorm(tmp_path):
+    ours, torch_error = float32_error_against_float64(1e4, tmp_path)
+    assert ours <= 10 * max(torch_error, 1e-6)

@@ -4,10 +4,14 @@ Ioffe & Szegedy (2015), Algorithm 1 (Batch Normalizing Transform) normalizes eve
 with the mean and variance of the *mini-batch*. Under data parallelism each rank only sees its
 shard of the batch, so plain BN would normalize with per-shard statistics. `DistributedBatchNorm`
 computes Algorithm 1's mean and (biased) variance over the union of all ranks' shards: each rank
-reduces its input to per-channel sum, sum of squares and element count, one differentiable
-all-reduce adds these up, and the gradient of the loss flows back through the global statistics
-(the all-reduce's backward all-reduces the gradient, so every rank receives the contributions of
-every other rank's loss, as the paper's backward pass through mu_B and sigma_B^2 requires).
+reduces its input to per-channel count, mean and *centred* sum of squares (two passes over its own
+shard), one differentiable all-gather collects these, and every rank combines them with Chan, Golub
+& LeVeque's parallel variance formula (M2 = sum_r M2_r + n_r (mean_r - mean)^2). Unlike the one-pass
+E[x^2] - E[x]^2 this loses no precision when the mean is large against the spread. Statistics are
+accumulated in the input's dtype promoted to at least float32. The gradient of the loss flows back
+through the global statistics (the all-gather's backward all-reduces the gradient, so every rank
+receives the contributions of every other rank's loss, as the paper's backward pass through mu_B
+and sigma_B^2 requires).
 
 For inference (Sec. 3.1) the network uses population statistics instead; the running
 estimates are updated from the global mini-batch statistics, with the unbiased variance
@@ -24,7 +28,6 @@ import itertools
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -66,36 +69,25 @@ class DistributedBatchNorm(_BatchNorm):
         return self._normalize(input, mean, var)
 
     def _spans_several_ranks(self) -> bool:
-        return dist.is_available() and dist.is_initialized() and (
-            dist.get_world_size(self.process_group) > 1
-        )
+        return dist.is_available() and dist.is_initialized() and (dist.get_world_size(self.process_group) > 1)
 
     def _global_batch_statistics(self, input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Algorithm 1's mu_B and biased sigma_B^2 over all ranks' shards, plus the global count m."""
         channels = input.shape[1]
-        reduce_dims = [0, *range(2, input.dim())]
-        local_count = input.new_full((1,), input.numel() // channels)
-        packed = torch.cat(
-            [input.sum(reduce_dims), (input * input).sum(reduce_dims), local_count]
-        )
-        packed = dist_fn.all_reduce(packed, group=self.process_group)  # None: default group
-        total, total_sq, count = packed[:channels], packed[channels : 2 * channels], packed[-1]
+        local = local_moments(input.to(accumulator_dtype(input.dtype)))
+        per_rank = AllGather.apply(local, self.process_group).view(-1, 2 * channels + 1)
+        mean, var, count = combine_moments(per_rank[:, :channels], per_rank[:, channels:-1], per_rank[:, -1])
         if count.item() < 2:
             raise ValueError(
-                "expected more than 1 value per channel across all ranks when training, "
-                f"got {int(count.item())}"
+                f"expected more than 1 value per channel across all ranks when training, got {int(count.item())}"
             )
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp(min=0)
         return mean, var, count
 
     @torch.no_grad()
     def _update_running_statistics(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
         """Population estimates for inference (Sec. 3.1), with the unbiased variance m/(m-1)."""
         self.num_batches_tracked.add_(1)
-        factor = (
-            1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        )
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         unbiased_var = var * count / (count - 1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
@@ -103,12 +95,67 @@ class DistributedBatchNorm(_BatchNorm):
     def _normalize(self, input: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         """Algorithm 1: x_hat = (x - mu_B) / sqrt(sigma_B^2 + eps); y = gamma * x_hat + beta."""
         shape = (1, -1) + (1,) * (input.dim() - 2)
-        output = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        accumulator = mean.dtype
+        output = (input.to(accumulator) - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.weight is not None:
-            output = output * self.weight.view(shape)
+            output = output * self.weight.to(accumulator).view(shape)
         if self.bias is not None:
-            output = output + self.bias.view(shape)
-        return output
+            output = output + self.bias.to(accumulator).view(shape)
+        return output.to(input.dtype)
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The input's dtype, widened to at least float32 (half-precision sums lose too much)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def local_moments(input: Tensor) -> Tensor:
+    """This shard's per-channel [mean (C), centred sum of squares M2 (C), count (1)] as one vector.
+
+    Two passes (mean first, then squared deviations from it), so no cancellation; an empty shard
+    contributes zeros and count 0."""
+    channels = input.shape[1]
+    count = input.numel() // channels
+    if count == 0:
+        return input.new_zeros(2 * channels + 1) + input.sum() * 0  # keeps the autograd graph
+    reduce_dims = [0, *range(2, input.dim())]
+    var, mean = torch.var_mean(input, dim=reduce_dims, correction=0)
+    return torch.cat([mean, var * count, input.new_full((1,), count)])
+
+
+def combine_moments(means: Tensor, m2s: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Chan et al.'s parallel variance: global mean, biased variance and count of R shards.
+
+    `means` and `m2s` are (R, C), `counts` is (R,). mean = sum n_r mean_r / n;
+    M2 = sum_r [M2_r + n_r (mean_r - mean)^2]; variance = M2 / n."""
+    count = counts.sum()
+    weights = (counts / count).unsqueeze(1)
+    mean = (weights * means).sum(0)
+    m2 = m2s.sum(0) + (counts.unsqueeze(1) * (means - mean) ** 2).sum(0)
+    return mean, m2 / count, count
+
+
+class AllGather(torch.autograd.Function):
+    """Differentiable all-gather of one vector per rank into a (world_size * K,) vector.
+
+    Backward: rank r's vector influenced every rank's loss through the gathered result, so its
+    gradient is the sum over ranks of their gradients for slot r: an all-reduce, then slot r.
+    Written with torch.distributed's public collectives (torch.distributed.nn.functional is
+    deprecated)."""
+
+    @staticmethod
+    def forward(ctx, local: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        slots = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(slots, local.contiguous(), group=group)
+        return torch.cat(slots)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.view(dist.get_world_size(ctx.group), -1)[ctx.rank], None
 
 
 def convert_sync_batchnorm(
@@ -136,18 +183,14 @@ def _device_type_of(module: nn.Module) -> str:
 
 def _swap_batchnorms(module: nn.Module, process_group: dist.ProcessGroup | None) -> nn.Module:
     converted = module
-    if isinstance(module, _BatchNorm) and not isinstance(
-        module, (DistributedBatchNorm, nn.SyncBatchNorm)
-    ):
+    if isinstance(module, _BatchNorm) and not isinstance(module, (DistributedBatchNorm, nn.SyncBatchNorm)):
         converted = _distributed_twin(module, process_group)
     for name, child in module.named_children():
         converted.add_module(name, _swap_batchnorms(child, process_group))
     return converted
 
 
-def _distributed_twin(
-    bn: _BatchNorm, process_group: dist.ProcessGroup | None
-) -> DistributedBatchNorm:
+def _distributed_twin(bn: _BatchNorm, process_group: dist.ProcessGroup | None) -> DistributedBatchNorm:
     # Built on the meta device: every tensor is then replaced by `bn`'s own, keeping its
     # device, dtype and requires_grad.
     twin = DistributedBatchNorm(
