@@ -1,4 +1,4 @@
-"""Reading the store needs no training stack: the tag names, the store and the report load neither torch nor Lightning."""
+"""Reading the store needs no training stack: tag names, store and report load neither torch nor Lightning."""
 
 import subprocess
 import sys

@@ -10,29 +10,20 @@ the loggers once per logging interval (``trainer.log_every_n_steps`` chunks, i.e
 the chunk length in optimizer steps), as the mean over the interval, with one device sync. (The
 default divergence check, `callbacks.divergence`, reads each chunk's mean loss: one sync per chunk.)
 
-Each SGD step goes through Lightning (`manual_backward`, `LightningOptimizer.step`) only when that
-wrapping does something for the run: loss scaling (16-bit mixed precision), DDP gradient sync, or
-a callback or module hook that runs around every step (`plain_steps_suffice`, decided when
-training starts). Otherwise, as in the default single-device run, the step is the same plain
-``loss.backward(); optimizer.step()``, counted in `global_step` exactly as `LightningOptimizer.step`
-counts it, without Lightning's per-step hook dispatch, which costs about a tenth of a step of the
-small MNIST network (benchmarks/README.md).
+Each SGD step goes through Lightning's public manual-optimization API (`manual_backward`,
+`LightningOptimizer.step`), which counts it in `global_step` and applies the precision plugin's loss
+scaling, DDP's gradient sync and every callback's per-step hooks (benchmarks/README.md measures its
+cost against a hand-written loop).
 """
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
-from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnrepro.optim import OptimizerFactory, SchedulerFactory
-
-# Hooks Lightning runs around every optimizer step: implementing one routes steps through Lightning.
-PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class Classifier(L.LightningModule):
@@ -52,7 +43,6 @@ class Classifier(L.LightningModule):
         # The training loss since it was last logged: a device scalar and a step count (no sync per step).
         self._loss_sum: Tensor | None = None
         self._loss_steps = 0
-        self._plain_steps = False  # decided when training starts: see `plain_steps_suffice`
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -64,13 +54,10 @@ class Classifier(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_start(self) -> None:
-        self._plain_steps = plain_steps_suffice(self.trainer)
-
     def training_step(self, chunk: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         losses = []
-        for inputs, targets in zip(*chunk):
+        for inputs, targets in zip(*chunk, strict=True):
             loss = F.cross_entropy(self.net(inputs), targets)
             self._sgd_step(optimizer, loss)  # counts one optimizer step in global_step
             if scheduler is not None:
@@ -81,18 +68,9 @@ class Classifier(L.LightningModule):
         return chunk_losses.mean()  # what callbacks see (e.g. divergence checks), once per chunk
 
     def _sgd_step(self, optimizer, loss: Tensor) -> None:
-        if not self._plain_steps:
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            optimizer.step()
-            return
-        optimizer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.optimizer.step()
-        # What LightningOptimizer.step does to count the step (it is what global_step reads).
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_ready()
-        progress.increment_completed()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
 
     def _accumulate_loss(self, chunk_losses: Tensor) -> None:
         """Sum the chunk's losses on the device; at a logging boundary (or the last step) log their mean."""
@@ -139,23 +117,3 @@ class Classifier(L.LightningModule):
         self.eval_examples = int(self.eval_count.compute())  # synced across ranks, like the metrics
         self.eval_count.reset()
         self.log("step", float(self.global_step))
-
-
-def plain_steps_suffice(trainer: L.Trainer) -> bool:
-    """True when Lightning's per-step wrapping would only call `loss.backward()` and `optimizer.step()`.
-
-    That is: one device (no DDP gradient sync to prepare), a precision without loss scaling, and no
-    callback or module implementing a hook that runs around every step. (Lightning refuses gradient
-    clipping by the Trainer under manual optimization, so there is none to apply.)
-    """
-    module, precision = trainer.lightning_module, trainer.precision_plugin
-    plain_precision = type(precision) in (Precision, HalfPrecision, DoublePrecision) or (
-        type(precision) is MixedPrecision and precision.scaler is None
-    )
-    module_hooks = (*PER_STEP_HOOKS, "backward")
-    return (
-        type(trainer.strategy) is SingleDeviceStrategy
-        and plain_precision
-        and not any(is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in PER_STEP_HOOKS)
-        and not any(is_overridden(hook, module, L.LightningModule) for hook in module_hooks)
-    )

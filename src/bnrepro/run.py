@@ -5,11 +5,11 @@ directly with a composed config, as the tests do.
 """
 
 import contextlib
-from collections.abc import Callable
 import dataclasses
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, check_writable, last_checkpoint
+from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, checkpoint_dir, last_checkpoint
 from bnrepro.callbacks.divergence import Diverged
 from bnrepro.config import ConfigError, validate
 from bnrepro.data.errors import DatasetError
@@ -33,11 +33,12 @@ from bnrepro.lifecycle.distributed import (
 )
 from bnrepro.lifecycle.identity import JobIdentity, job_identity
 from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.lifecycle.preflight import OutputDirectoryError, check_writable
+from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
 from bnrepro.messages import first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
-from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.liveness import mark_lost_runs
 from bnrepro.tracking.run import is_tracked, open_run, record_skipped
@@ -50,7 +51,7 @@ FINAL_METRICS = ("val/acc", "val/acc_top5", "val/loss")
 
 
 # Input the user can fix: one line naming the problem and the fix, exit code 2, no run recorded as a success.
-BAD_INPUT = (ConfigError, DatasetError, TrackingError, CheckpointError, ResumeError)
+BAD_INPUT = (ConfigError, DatasetError, TrackingError, CheckpointError, ResumeError, OutputDirectoryError)
 
 
 # Library messages that say nothing about this run; hiding them keeps real warnings visible.
@@ -61,16 +62,9 @@ HARMLESS_WARNINGS = (
 )
 
 
-class _DropLightningTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
 def quiet_library_chatter() -> None:
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropLightningTips())
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
@@ -82,7 +76,11 @@ def main(cfg: DictConfig) -> dict[str, float]:
         print(f"bnrepro: error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunInterrupted as stop:
-        hint = f"; continue it with the same command plus resume={stop.resume_with}" if getattr(stop, "resume_with", None) else ""
+        hint = (
+            f"; continue it with the same command plus resume={stop.resume_with}"
+            if getattr(stop, "resume_with", None)
+            else ""
+        )
         if global_rank() == 0:  # every rank stops at the same step; one says so
             print(f"bnrepro: {stop}{hint}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
@@ -112,7 +110,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         return skip(cfg, job, plan)
     output_dir = plan.output_dir or job.output_dir
     if output_dir and global_rank() == 0:
-        check_writable(output_dir)
+        check_writable(checkpoint_dir(output_dir))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing data fails here, before a run is opened
@@ -174,7 +172,9 @@ def prepare_checkpointing(
     """Tell the checkpoint callback what to store and where to resume from; without a run directory, drop it."""
     checkpointing = [c for c in callbacks if isinstance(c, StepCheckpoint)]
     if plan.checkpoint is not None and not checkpointing:
-        raise ConfigError("resuming needs the checkpoint callback, but callbacks.checkpoint is null: remove that override")
+        raise ConfigError(
+            "resuming needs the checkpoint callback, but callbacks.checkpoint is null: remove that override"
+        )
     if not output_dir:  # a direct train() call without a run directory: nowhere to put checkpoints
         return [c for c in callbacks if not isinstance(c, StepCheckpoint)]
     for callback in checkpointing:

@@ -57,21 +57,6 @@ def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 # --- files -------------------------------------------------------------------------------------
-def check_writable(output_dir: str | os.PathLike) -> None:
-    """Fail before training, not at the first checkpoint, when the run directory cannot be written."""
-    folder = checkpoint_dir(output_dir)
-    probe = folder / f".write-test.{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise CheckpointError(
-            f"output directory {output_dir} is not writable ({type(error).__name__}: {error.strerror or error}); "
-            "set hydra.run.dir (hydra.sweep.dir for -m) to a writable folder"
-        ) from error
-
-
 def save_atomically(state: dict[str, Any], path: Path) -> None:
     """torch.save `state` to `path`, whole or not at all, fsynced (`atomic_write`)."""
     try:
@@ -92,11 +77,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist") from error
     except Exception as error:  # truncated, corrupt or not a checkpoint at all
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({cause(error)}); "
-            "resume from another run or start a new one (rerun=true)"
+            f"checkpoint {path} is unreadable ({cause(error)}); resume from another run or start a new one (rerun=true)"
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a bnrepro checkpoint (format {FORMAT_VERSION}); start a new run (rerun=true)")
+        raise CheckpointError(
+            f"{path} is not a bnrepro checkpoint (format {FORMAT_VERSION}); start a new run (rerun=true)"
+        )
     return state
 
 

@@ -110,7 +110,9 @@ class RankProcesses:
             for rank, child in enumerate(self.children, start=1):
                 code = child.poll()
                 if code not in (None, 0):
-                    self._failure = f"rank {rank} of this job exited with code {code} (see its log in the job directory)"
+                    self._failure = (
+                        f"rank {rank} of this job exited with code {code} (see its log in the job directory)"
+                    )
                     log.error(self._failure)
                     self._terminate_children()
                     _thread.interrupt_main()  # rank 0 may be blocked waiting for the lost rank

@@ -10,6 +10,7 @@ exit status that `run` saw.
 """
 
 import atexit
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -45,8 +46,6 @@ def exit_status(code: object) -> int:
 
 def _exit_now() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing left to flush
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing left to flush
-            pass
     os._exit(_status)

@@ -10,6 +10,7 @@ package's checkout plus, when the source differs from it, a hash of that differe
 ``src/`` and ``train.py`` and the contents of untracked files there), else the package version.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.config import flatten
+from bnrepro.tracking.job import git
 
 CODE_VERSION_ENV = "BNREPRO_CODE_VERSION"
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding src/ and train.py
@@ -83,26 +85,19 @@ def code_version() -> str:
 @lru_cache(maxsize=1)
 def _checkout_version() -> str:
     try:
-        commit = _git("rev-parse", "HEAD").strip()
-        difference = _git("diff", "HEAD", "--", *SOURCE_PATHS)
-        untracked = _git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_PATHS).split()
-    except (OSError, subprocess.CalledProcessError):
+        commit = git("rev-parse", "HEAD", cwd=SOURCE_ROOT).strip()
+        difference = git("diff", "HEAD", "--", *SOURCE_PATHS, cwd=SOURCE_ROOT)
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_PATHS, cwd=SOURCE_ROOT).split()
+    except (OSError, subprocess.SubprocessError):
         return f"bnrepro=={_package_version()}"
     if not difference and not untracked:
         return commit
     digest = hashlib.sha256(difference.encode())
     for name in sorted(untracked):
         digest.update(name.encode())
-        try:
+        with contextlib.suppress(OSError):  # deleted since git listed it
             digest.update((SOURCE_ROOT / name).read_bytes())
-        except OSError:
-            pass
     return f"{commit}+dirty.{digest.hexdigest()[:12]}"
-
-
-def _git(*args: str) -> str:
-    # A fixed argument list, never a shell string: nothing from the config reaches a command line.
-    return subprocess.run(["git", *args], cwd=SOURCE_ROOT, capture_output=True, text=True, check=True, timeout=30).stdout
 
 
 def _package_version() -> str:

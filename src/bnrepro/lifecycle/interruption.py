@@ -51,7 +51,10 @@ class _SignalState:
         self.received = signum
         if not self.deferred or again:  # a second Ctrl+C stops at once, without a checkpoint
             raise RunInterrupted(signum)
-        log.warning("received %s: stopping at the next step boundary (send it again to stop at once)", signal.Signals(signum).name)
+        log.warning(
+            "received %s: stopping at the next step boundary (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
 
 _state = _SignalState()

@@ -1,4 +1,5 @@
-"""Checks that run before Hydra creates anything, so bad input fails with one clear line.
+"""The one output-directory check, run before Hydra creates anything and again before training, so bad
+input fails with one clear line.
 
 `OutputDirectoryCheck` is a Hydra callback (conf/hydra/bnrepro.yaml): before a run or a sweep
 starts it checks that the output directory (hydra.run.dir / hydra.sweep.dir) can be created and
@@ -18,6 +19,19 @@ try:
     from hydra.experimental.callback import Callback as _HydraCallback
 except ImportError:  # pragma: no cover
     _HydraCallback = object
+
+
+class OutputDirectoryError(ValueError):
+    """The run's output directory cannot be created or written; the message names it and the fix."""
+
+
+def check_writable(directory: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Fail now, not at the first checkpoint, when `directory` cannot be created and written."""
+    problem = directory_problem(directory)
+    if problem:
+        raise OutputDirectoryError(
+            f"output directory {directory} cannot be written: {problem}; set {key} to a writable folder"
+        )
 
 
 def directory_problem(directory: str | os.PathLike) -> str | None:
@@ -51,7 +65,8 @@ class OutputDirectoryCheck(_HydraCallback):
 
     @staticmethod
     def _check(directory: str, key: str) -> None:
-        problem = directory_problem(directory)
-        if problem:
-            print(f"bnrepro: error: output directory {directory} cannot be written: {problem}; set {key} to a writable folder", file=sys.stderr)
-            raise SystemExit(2)
+        try:
+            check_writable(directory, key)
+        except OutputDirectoryError as error:
+            print(f"bnrepro: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None

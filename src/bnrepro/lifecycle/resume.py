@@ -64,7 +64,9 @@ def plan_start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> StartPla
     if Path(request).is_dir():
         return _from_directory(cfg, Path(request), identity)
     if any(sep in request for sep in ("/", "\\")) or request.startswith("."):
-        raise ResumeError(f"resume={request}: no such directory; give a run's output directory, its MLflow run id, or auto")
+        raise ResumeError(
+            f"resume={request}: no such directory; give a run's output directory, its MLflow run id, or auto"
+        )
     return _from_run_id(cfg, request, identity)
 
 
@@ -117,7 +119,10 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
 def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPlan:
     uri = tracking_uri(cfg.logger.tracking_uri)
     if not is_tracked(cfg):
-        raise ResumeError(f"resume={run_id} looks like a run id, but logger=none has no store to look it up: give its output directory")
+        raise ResumeError(
+            f"resume={run_id} looks like a run id, but logger=none has no store to look it up: "
+            "give its output directory"
+        )
     run = find_run(_store(cfg), run_id)
     if run is None:
         raise ResumeError(f"resume={run_id}: no such directory and no MLflow run with that id in {uri}")
@@ -158,11 +163,14 @@ def _check_same_job(state: dict[str, Any], identity: JobIdentity, request: str) 
     saved = state["meta"].get("config") or {}
     if saved and saved != identity.config:
         raise ResumeError(
-            f"{request}: the checkpoint was written with a different configuration ({config_differences(saved, identity.config)}); "
+            f"{request}: the checkpoint was written with a different configuration "
+            f"({config_differences(saved, identity.config)}); "
             "resume with the run's original overrides, or start a new run"
         )
     if state["meta"].get("code_version") not in (None, identity.code_version):
         log.warning(
             "%s: the code changed since the checkpoint (%s -> %s); continuing with the current code",
-            request, state["meta"].get("code_version"), identity.code_version,
+            request,
+            state["meta"].get("code_version"),
+            identity.code_version,
         )

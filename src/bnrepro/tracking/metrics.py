@@ -77,8 +77,7 @@ class MLflowMetricsLogger(Logger):
             if self._error is not None:
                 error, count = self._error, len(self._unwritten)
                 raise RuntimeError(
-                    f"{count} metrics could not be written to MLflow run {self._run_id} "
-                    f"({cause(error)})"
+                    f"{count} metrics could not be written to MLflow run {self._run_id} ({cause(error)})"
                 ) from error
 
     @rank_zero_only

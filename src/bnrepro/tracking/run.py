@@ -75,14 +75,21 @@ class TrackedRun:
         self._heartbeat = Heartbeat(self.client, self.run_id, self.cfg.logger.heartbeat_seconds)
         log.info(
             "MLflow run %s (%s%s) in %s",
-            self.run_id, self.job.name, ", resumed" if self.resumed else "", self.client.tracking_uri,
+            self.run_id,
+            self.job.name,
+            ", resumed" if self.resumed else "",
+            self.client.tracking_uri,
         )
         return self
 
     def _reopen(self) -> None:
         run = self.client.get_run(self.run_id)
         self.client.update_run(self.run_id, status="RUNNING")
-        tags = {**_sweep_tags(self.job), START_TAG: "resumed", RESUMES_TAG: str(int(run.data.tags.get(RESUMES_TAG, "0")) + 1)}
+        tags = {
+            **_sweep_tags(self.job),
+            START_TAG: "resumed",
+            RESUMES_TAG: str(int(run.data.tags.get(RESUMES_TAG, "0")) + 1),
+        }
         tags.update({HEARTBEAT_TAG: str(int(time.time())), OUTCOME_TAG: "running"})
         self.set_tags(tags)
         self.logger = ContinuedMetricsLogger(self.client, self.run_id, logged_through(self.client, run))

@@ -60,7 +60,9 @@ class SweepTracking(Callback):
         os.environ[SWEEP_RUN_ENV] = run.info.run_id
         self._heartbeat = Heartbeat(client, run.info.run_id, config.logger.heartbeat_seconds)
         # A stopped sweep (Ctrl+C, SIGTERM, a job's SystemExit) skips on_multirun_end: close the parent on exit.
-        self._abandon = functools.partial(_close_abandoned_sweep, tracking_uri(config.logger.tracking_uri), run.info.run_id)
+        self._abandon = functools.partial(
+            _close_abandoned_sweep, tracking_uri(config.logger.tracking_uri), run.info.run_id
+        )
         atexit.register(self._abandon)
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that SIGTERM between jobs still runs the hook
@@ -97,14 +99,17 @@ class SweepTracking(Callback):
         if self._abandon is not None:
             atexit.unregister(self._abandon)
             self._abandon = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm
+        ):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _failure(job_return: Any) -> str:
     """The failed job's error as 'TypeName: first line': Hydra's public `return_value` re-raises it."""
     try:
-        job_return.return_value
+        _ = job_return.return_value
     except BaseException as error:  # a job may fail with SystemExit or KeyboardInterrupt too
         return cause(error)
     return "see its run"
@@ -139,6 +144,8 @@ def sweep_summary(client, sweep_id: str) -> str:
     return line
 
 
-def log_report(parent_run_id: str, directory: str | Path, uri: str | None = None, artifact_path: str = "report") -> None:
+def log_report(
+    parent_run_id: str, directory: str | Path, uri: str | None = None, artifact_path: str = "report"
+) -> None:
     """Upload a sweep's report (figures, report.md, claims.json) as artifacts of its parent run."""
     client_for(tracking_uri(uri)).log_artifacts(parent_run_id, str(directory), artifact_path=artifact_path)
