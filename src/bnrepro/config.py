@@ -315,6 +315,26 @@ def register_configs() -> None:
 
 
 # --- ranges and cross-group rules --------------------------------------------------------------
+# What numpy's and Lightning's seeding accept; Lightning would replace a seed outside it with a random one.
+SEED_RANGE = (0, 2**32 - 1)
+# Lightning 2.x's precision values (lightning.fabric.plugins.precision.precision: the Trainer's `precision` argument).
+PRECISIONS = (
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+)
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -333,15 +353,79 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.optim.decay_speedup >= 1, "optim.decay_speedup must be >= 1")
     _require(0 <= cfg.reg.dropout < 1, f"reg.dropout must be in [0, 1), got {cfg.reg.dropout}")
     _validate_loop(cfg)
-    width = OmegaConf.select(cfg, "model.net.width_multiplier", default=None)
-    _require(width is None or width > 0, f"model.net.width_multiplier must be > 0, got {width}")
     _validate_reliability(cfg)
+    low, high = SEED_RANGE
+    _require(low <= cfg.seed <= high, f"seed must be in [{low}, {high}] (numpy's seed range), got {cfg.seed}")
+    _validate_net(cfg.model.net)
+    _validate_data(cfg.data)
+    _validate_trainer(cfg.trainer)
     _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     _require(
         cfg.norm.kind is not NormKind.bn or cfg.data.batch_size > 1,
         "data.batch_size=1 cannot train with norm=bn: batch statistics need at least 2 examples "
         "(Sec. 3.1); use a larger batch or norm=none",
     )
+
+
+def _validate_net(net: DictConfig) -> None:
+    """Ranges of the model options that only some networks have (MLP widths and init, Inception width)."""
+    widths = net.get("widths")
+    _require(
+        widths is None or (len(widths) >= 1 and all(width >= 1 for width in widths)),
+        f"model.net.widths must list at least one hidden layer width, each >= 1, got {widths} "
+        "(the paper's MNIST net: [100,100,100])",
+    )
+    init_std = net.get("init_std")
+    _require(init_std is None or init_std > 0, f"model.net.init_std must be > 0 (Gaussian init's std), got {init_std}")
+    width = net.get("width_multiplier")
+    _require(width is None or width > 0, f"model.net.width_multiplier must be > 0, got {width}")
+
+
+def _validate_data(data: DictConfig) -> None:
+    """Ranges of the data options (the split-size check needs the data: the data modules do it)."""
+    eval_batch = data.get("eval_batch_size")
+    _require(
+        eval_batch is None or eval_batch >= 1,
+        f"data.eval_batch_size must be >= 1, got {eval_batch}",
+    )
+    fraction = data.get("test_fraction")
+    _require(
+        fraction is None or 0 < fraction < 1,
+        f"data.test_fraction must be in (0, 1), the share of the digits held out for testing, got {fraction}",
+    )
+
+
+def _validate_trainer(trainer: DictConfig) -> None:
+    """Trainer arguments Lightning would reject only once the Trainer is built, after a run exists."""
+    devices = trainer.devices
+    _require(
+        devices == "auto" or (isinstance(devices, int) and (devices >= 1 or devices == -1)) or _is_device_list(devices),
+        f"trainer.devices must be >= 1, -1 (all), 'auto' or a list of device indices, got {devices}",
+    )
+    _require(
+        trainer.precision in PRECISIONS,
+        f"trainer.precision={trainer.precision} is not a Lightning precision: use one of {', '.join(PRECISIONS)}",
+    )
+
+
+def validate_machine(cfg: DictConfig) -> None:
+    """Reject a config this machine cannot run (a GPU accelerator without a GPU), before any data is loaded.
+
+    Apart from `validate` so that every config option can still be validated on any machine.
+    """
+    accelerator = cfg.trainer.accelerator
+    if accelerator in GPU_ACCELERATORS:
+        import torch  # only here: composing and validating a config must not pay torch's import
+
+        _require(
+            torch.cuda.is_available(),
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU (torch.cuda.is_available() "
+            "is False): use trainer=cpu",
+        )
+
+
+def _is_device_list(devices: Any) -> bool:
+    return OmegaConf.is_list(devices) and len(devices) >= 1 and all(isinstance(d, int) and d >= 0 for d in devices)
 
 
 def _validate_reliability(cfg: DictConfig) -> None:
