@@ -1,11 +1,7 @@
 """`python train.py ARGS` run inside the test process: Hydra's real command-line path (composition,
 error reporting, sweeps, callbacks, exit codes) without paying a new interpreter's start-up each time."""
 
-import atexit
-import functools
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -22,27 +18,7 @@ def _train(cfg):
     return main(cfg)
 
 
-@functools.lru_cache(maxsize=1)
-def store_template() -> Path:
-    """An empty MLflow SQLite store with its tables created once per test process (migrations take seconds)."""
-    from mlflow.tracking import MlflowClient
-
-    folder = tempfile.mkdtemp(prefix="bnrepro-store-template-")
-    atexit.register(shutil.rmtree, folder, True)
-    path = Path(folder) / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """conftest's `store` (a fresh SQLite store for this test, via MLFLOW_TRACKING_URI), copied from a
-    migrated template instead of created from scratch. Import it into a test module to use it."""
-    path = tmp_path / "mlflow.db"
-    shutil.copyfile(store_template(), path)
-    uri = f"sqlite:///{path}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+from conftest import store  # noqa: E402,F401  (transitional: test_input_validation imports it from here)
 
 
 def cli(tmp_path: Path, *args: str) -> int:

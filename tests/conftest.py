@@ -1,8 +1,12 @@
 """Shared fixtures: an isolated MLflow store per test, composed configs, and train.py subprocesses."""
 
+import atexit
+import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,10 +24,25 @@ torch.set_num_threads(1)
 register_configs()
 
 
+@functools.lru_cache(maxsize=1)
+def store_template() -> Path:
+    """An empty MLflow SQLite store with its tables created once per test process (migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tempfile.mkdtemp(prefix="bnrepro-store-template-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
-    """A fresh SQLite MLflow store for this test, selected the way users do: MLFLOW_TRACKING_URI."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    """A fresh SQLite MLflow store for this test, selected the way users do (MLFLOW_TRACKING_URI),
+    copied from a migrated template instead of created from scratch."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(store_template(), path)
+    uri = f"sqlite:///{path}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
@@ -34,7 +53,9 @@ def compose_config(*overrides: str, return_hydra_config: bool = False):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_train(
+    tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 240
+) -> subprocess.CompletedProcess:
     """Run train.py in a subprocess with its outputs under tmp_path; the caller's env (store) is inherited."""
     dirs = [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides, *dirs]

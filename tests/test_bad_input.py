@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_inprocess import cli
+from conftest import QUICK
 from mlflow.tracking import MlflowClient
+from test_mnist_data import write_mnist_raw
 from torch.utils.data import DataLoader, Dataset
 
 from bnrepro.callbacks import checkpointing
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
 from bnrepro.data.errors import DatasetError
 from bnrepro.run import one_line
-from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
-from conftest import QUICK
-from test_mnist_data import write_mnist_raw
 
 SHORT = ("trainer.max_steps=20", *QUICK)
 
@@ -55,28 +55,98 @@ def unreachable_server(tmp_path: Path, monkeypatch) -> str:
 # (case, overrides (may use {tmp}), expected exit code, substrings of the message)
 CASES = [
     ("unknown group option", ["optim=lr_x7"], 1, ["Could not find 'optim/lr_x7'", "Available options", "lr_x30"]),
-    ("unknown key", ["trainer.max_stepz=5"], 1, ["Could not override 'trainer.max_stepz'", "Key 'max_stepz' not in 'TrainerConfig'"]),
+    (
+        "unknown key",
+        ["trainer.max_stepz=5"],
+        1,
+        ["Could not override 'trainer.max_stepz'", "Key 'max_stepz' not in 'TrainerConfig'"],
+    ),
     ("appended unknown key", ["+trainer.speed=9"], 2, ["bnrepro: error: unknown key trainer.speed", "known keys:"]),
-    ("wrong type", ["trainer.max_steps=many"], 1, ["trainer.max_steps", "Value 'many' of type 'str' could not be converted to Integer"]),
+    (
+        "wrong type",
+        ["trainer.max_steps=many"],
+        1,
+        ["trainer.max_steps", "Value 'many' of type 'str' could not be converted to Integer"],
+    ),
     ("negative lr", ["model.base_lr=-0.5"], 2, ["bnrepro: error: model.base_lr must be > 0, got -0.5"]),
     ("dropout of 1", ["reg.dropout=1.0"], 2, ["bnrepro: error: reg.dropout must be in [0, 1), got 1.0"]),
-    ("batch of 1 with BN", ["data.batch_size=1"], 2, ["data.batch_size=1 cannot train with norm=bn", "use a larger batch or norm=none"]),
-    ("checkpoint off the chunk grid", ["callbacks.checkpoint.every_n_steps=15"], 2,
-     ["callbacks.checkpoint.every_n_steps=15 must be 0 or a positive multiple of data.steps_per_batch=10"]),
-    ("rerun and resume together", ["rerun=true", "resume=0123abcd"], 2, ["rerun=true starts a fresh run but resume=0123abcd", "drop one"]),
-    ("resume of an unknown run", ["resume=0123abcd"], 2, ["resume=0123abcd: no such directory and no MLflow run with that id in sqlite:///"]),
+    (
+        "batch of 1 with BN",
+        ["data.batch_size=1"],
+        2,
+        ["data.batch_size=1 cannot train with norm=bn", "use a larger batch or norm=none"],
+    ),
+    (
+        "checkpoint off the chunk grid",
+        ["callbacks.checkpoint.every_n_steps=15"],
+        2,
+        ["callbacks.checkpoint.every_n_steps=15 must be 0 or a positive multiple of data.steps_per_batch=10"],
+    ),
+    (
+        "rerun and resume together",
+        ["rerun=true", "resume=0123abcd"],
+        2,
+        ["rerun=true starts a fresh run but resume=0123abcd", "drop one"],
+    ),
+    (
+        "resume of an unknown run",
+        ["resume=0123abcd"],
+        2,
+        ["resume=0123abcd: no such directory and no MLflow run with that id in sqlite:///"],
+    ),
     ("resume of a directory without checkpoint", ["resume={tmp}"], 2, ["no checkpoint at {tmp}/checkpoints/last.ckpt"]),
-    ("MNIST folder missing", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2,
-     ["MNIST is not readable under {tmp}/mnist/MNIST/raw", "Dataset not found", "or run offline with data=mnist_mini"]),
-    ("MNIST folder empty", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2, ["Dataset not found"]),
-    ("MNIST IDX truncated", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2,
-     ["MNIST is not readable", "is invalid for input of size", "Download them"]),
-    ("MNIST IDX corrupt", ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"], 2,
-     ["MNIST is not readable", "AssertionError", "Download them"]),
-    ("output directory not writable", ["hydra.run.dir={tmp}/a_file/run"], 2,
-     ["bnrepro: error: output directory {tmp}/a_file/run cannot be written: {tmp}/a_file is not a directory", "set hydra.run.dir"]),
-    ("tracking store corrupt", [], 2, ["bnrepro: error: MLflow tracking store sqlite:///{tmp}/corrupt.db is not usable", "move the broken file aside"]),
-    ("tracking server unreachable", [], 2, ["bnrepro: error: MLflow tracking server http://127.0.0.1:9 is unreachable", "make tracking-server"]),
+    (
+        "MNIST folder missing",
+        ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"],
+        2,
+        [
+            "MNIST is not readable under {tmp}/mnist/MNIST/raw",
+            "Dataset not found",
+            "or run offline with data=mnist_mini",
+        ],
+    ),
+    (
+        "MNIST folder empty",
+        ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"],
+        2,
+        ["Dataset not found"],
+    ),
+    (
+        "MNIST IDX truncated",
+        ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"],
+        2,
+        ["MNIST is not readable", "is invalid for input of size", "Download them"],
+    ),
+    (
+        "MNIST IDX corrupt",
+        ["data=mnist", "data.data_dir={tmp}/mnist", "data.download=false"],
+        2,
+        ["MNIST is not readable", "AssertionError", "Download them"],
+    ),
+    (
+        "output directory not writable",
+        ["hydra.run.dir={tmp}/a_file/run"],
+        2,
+        [
+            "bnrepro: error: output directory {tmp}/a_file/run cannot be written: {tmp}/a_file is not a directory",
+            "set hydra.run.dir",
+        ],
+    ),
+    (
+        "tracking store corrupt",
+        [],
+        2,
+        [
+            "bnrepro: error: MLflow tracking store sqlite:///{tmp}/corrupt.db is not usable",
+            "move the broken file aside",
+        ],
+    ),
+    (
+        "tracking server unreachable",
+        [],
+        2,
+        ["bnrepro: error: MLflow tracking server http://127.0.0.1:9 is unreachable", "make tracking-server"],
+    ),
 ]
 SETUP = {
     "MNIST folder missing": lambda tmp, mp: mnist_folder(tmp, "missing"),
@@ -98,7 +168,9 @@ def finished_runs(store: str) -> list:
 
 
 @pytest.mark.parametrize(("case", "overrides", "code", "expected"), CASES, ids=[case[0] for case in CASES])
-def test_bad_input_fails_with_a_clear_message_and_records_no_success(case, overrides, code, expected, store, tmp_path, capsys, monkeypatch):
+def test_bad_input_fails_with_a_clear_message_and_records_no_success(
+    case, overrides, code, expected, store, tmp_path, capsys, monkeypatch
+):
     if case in SETUP:
         SETUP[case](tmp_path, monkeypatch)
     args = [override.format(tmp=tmp_path) for override in overrides]
@@ -111,11 +183,15 @@ def test_bad_input_fails_with_a_clear_message_and_records_no_success(case, overr
     for text in expected:
         assert text.format(tmp=tmp_path) in stderr
     if code == 2:  # bnrepro's own checks: exactly one line
-        assert [line for line in stderr.splitlines() if line.startswith("bnrepro: error:")] == [stderr.strip().splitlines()[-1]]
+        assert [line for line in stderr.splitlines() if line.startswith("bnrepro: error:")] == [
+            stderr.strip().splitlines()[-1]
+        ]
     assert finished_runs(store) == []
 
 
-def test_disk_full_while_checkpointing_fails_the_run_and_keeps_the_previous_checkpoint(store, tmp_path, capsys, monkeypatch):
+def test_disk_full_while_checkpointing_fails_the_run_and_keeps_the_previous_checkpoint(
+    store, tmp_path, capsys, monkeypatch
+):
     real_save = torch.save
 
     def full_after_step_20(state, file, *args, **kwargs):
@@ -143,7 +219,9 @@ def test_corrupt_checkpoint_on_resume_is_one_line(store, tmp_path, capsys):
     folder.mkdir(parents=True)
     (folder / LAST).write_bytes(b"PK\x03\x04 truncated zip")
     assert cli(tmp_path, *SHORT, f"resume={tmp_path / 'old'}") == 2
-    assert f"bnrepro: error: checkpoint {folder / LAST} is unreadable" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        f"bnrepro: error: checkpoint {folder / LAST} is unreadable" in capsys.readouterr().err.strip().splitlines()[-1]
+    )
 
 
 class UnreadableImages(Dataset):
@@ -151,7 +229,9 @@ class UnreadableImages(Dataset):
         return 4
 
     def __getitem__(self, index: int):
-        raise DatasetError(f"unreadable image file img{index}.JPEG (OSError: truncated); fix or remove it, or set on_corrupt='skip'.")
+        raise DatasetError(
+            f"unreadable image file img{index}.JPEG (OSError: truncated); fix or remove it, or set on_corrupt='skip'."
+        )
 
 
 def test_dataset_error_raised_in_a_dataloader_worker_is_reported_as_its_own_one_line_message():

@@ -1,9 +1,9 @@
 """`python train.py` as users run it: a multirun's grouping in MLflow, and bad input's one clear message."""
 
+from conftest import QUICK, run_train
 from mlflow.tracking import MlflowClient
 
 from bnrepro.tracking.tags import PARENT_TAG, ROLE_TAG, SWEEP_ID_TAG
-from conftest import QUICK, run_train
 
 
 def all_runs(store: str) -> list:
@@ -19,7 +19,10 @@ def test_sweep_of_four_jobs_gives_four_tagged_runs_under_one_parent(store, tmp_p
     (parent,) = [r for r in runs if r.data.tags[ROLE_TAG] == "sweep"]
     assert len(jobs) == 4 and parent.info.status == "FINISHED"
     assert {(r.data.tags["norm"], r.data.tags["optim"]) for r in jobs} == {
-        ("bn", "lr_x5"), ("bn", "lr_x30"), ("none", "lr_x5"), ("none", "lr_x30")
+        ("bn", "lr_x5"),
+        ("bn", "lr_x30"),
+        ("none", "lr_x5"),
+        ("none", "lr_x30"),
     }
     assert {r.data.tags[PARENT_TAG] for r in jobs} == {parent.info.run_id}
     assert {r.data.tags[SWEEP_ID_TAG] for r in jobs} == {parent.data.tags[SWEEP_ID_TAG]}

@@ -27,9 +27,10 @@ def value(worker: int, repetition: int, step: int, key: str) -> float:
 
 def write_runs(worker: int) -> None:
     """One writer: REPETITIONS runs of STEPS steps, flushing asynchronous batches often, tags and heartbeats on."""
+    from conftest import compose_config
+
     from bnrepro.tracking.job import JobInfo
     from bnrepro.tracking.run import open_run
-    from conftest import compose_config
 
     cfg = compose_config("trainer.max_steps=1", "logger.heartbeat_seconds=0.1", "logger.stale_after_seconds=0")
     for repetition in range(REPETITIONS):
@@ -84,7 +85,8 @@ def test_four_concurrent_writers_three_runs_each_lose_no_run_and_no_step(tmp_pat
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bnrepro.tracking.run  # noqa: F401  (import everything before forking)
     import conftest  # noqa: F401
+
+    import bnrepro.tracking.run  # noqa: F401  (import everything before forking)
 
     sys.exit(fork_writers())

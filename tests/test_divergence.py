@@ -1,12 +1,12 @@
 """Divergence is a result (Sec. 4.2.1): the run stops at once, is tagged, and a sweep carries on."""
 
+from cli_inprocess import cli
+from conftest import QUICK, compose_config
 from mlflow.tracking import MlflowClient
 
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.tags import DIVERGED_STEP_TAG, FAILURE_TAG, OUTCOME_TAG, ROLE_TAG
-from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
-from conftest import QUICK, compose_config
 
 # ReLU units without BN at this learning rate overflow float32 within the first chunk: the loss is NaN/Inf.
 EXPLODING = ("model.net.activation=relu", "model.base_lr=1e12")
@@ -37,7 +37,15 @@ def test_loss_above_the_configured_bound_counts_as_diverged(store):
 
 
 def test_a_diverging_job_does_not_stop_its_sweep(store, tmp_path, capsys):
-    code = cli(tmp_path, "-m", "norm=none", "model.net.activation=relu", "model.base_lr=0.5,1e12", "trainer.max_steps=30", *QUICK)
+    code = cli(
+        tmp_path,
+        "-m",
+        "norm=none",
+        "model.net.activation=relu",
+        "model.base_lr=0.5,1e12",
+        "trainer.max_steps=30",
+        *QUICK,
+    )
     assert code == 0
     jobs = [r for r in runs(store) if r.data.tags[ROLE_TAG] == "job"]
     (parent,) = [r for r in runs(store) if r.data.tags[ROLE_TAG] == "sweep"]

@@ -25,7 +25,10 @@ def run_script(body: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize(("body", "status"), [("return", 0), ("sys.exit(3)", 3), ("sys.exit('bad input')", 1), ("raise ValueError('boom')", 1)])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [("return", 0), ("sys.exit(3)", 3), ("sys.exit('bad input')", 1), ("raise ValueError('boom')", 1)],
+)
 def test_process_keeps_the_exit_status_of_its_entry_point(body, status):
     assert run_script(body).returncode == status
 

@@ -6,11 +6,11 @@ that the process sends itself at a chosen step, handled by the same code as a pr
 
 import os
 import shutil
-import signal
 
-import lightning as L
 import pytest
 import torch
+from conftest import compose_config, store_template
+from helpers import StopAtStep
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
@@ -21,13 +21,11 @@ from bnrepro.callbacks.checkpointing import (
     load_checkpoint,
     save_atomically,
 )
-from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.lifecycle.interruption import RunInterrupted, interruptible
 from bnrepro.lifecycle.resume import ResumeError
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.tags import FAILURE_TAG, OUTCOME_TAG, RESUMES_TAG, START_TAG
-from cli_inprocess import store_template, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
-from conftest import compose_config
 
 # Dropout draws from the torch RNG every step, so equality also proves the RNG state is restored.
 SETTINGS = (
@@ -52,26 +50,6 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 def only_run_id(client: MlflowClient) -> str:
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return run.info.run_id
-
-
-class StopAtStep(GracefulStop):
-    """GracefulStop that, at `step`, does what a pre-empting scheduler (or Ctrl+C) does: signal this process.
-
-    action: "sigterm" or "sigint" (a real signal, handled like any other), or "crash" (an exception).
-    """
-
-    def __init__(self, step: int, action: str = "sigterm"):
-        self.step, self.action = step, action
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step and self.action in ("sigterm", "sigint"):
-            # deferred by GracefulStop: the stop happens at the next step boundary
-            os.kill(os.getpid(), signal.SIGTERM if self.action == "sigterm" else signal.SIGINT)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step and self.action == "crash":  # after step `step` was logged
-            raise RuntimeError(f"simulated crash at step {self.step}")
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +111,10 @@ def test_resume_with_a_different_configuration_names_the_differing_key(store, tm
     with interruptible(), pytest.raises(RunInterrupted):
         train(compose_config(*SETTINGS), JobInfo(output_dir=str(tmp_path / "a")))
     with pytest.raises(ResumeError, match=r"optim.lr_multiplier: 1.0 -> 5"):
-        train(compose_config(*SETTINGS, "optim=lr_x5", f"resume={tmp_path / 'a'}"), JobInfo(output_dir=str(tmp_path / "b")))
+        train(
+            compose_config(*SETTINGS, "optim=lr_x5", f"resume={tmp_path / 'a'}"),
+            JobInfo(output_dir=str(tmp_path / "b")),
+        )
 
 
 def test_checkpoint_write_failure_keeps_the_previous_checkpoint_loadable(tmp_path):

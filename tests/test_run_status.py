@@ -12,6 +12,9 @@ import sys
 import time
 
 import pytest
+from cli_inprocess import cli
+from conftest import QUICK, ROOT, compose_config
+from helpers import StopAtStep
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
@@ -19,9 +22,6 @@ from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoin
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.tags import FAILURE_TAG, HEARTBEAT_TAG, OUTCOME_TAG
-from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
-from conftest import QUICK, ROOT, compose_config
-from test_resume import StopAtStep
 
 ENDLESS = ("trainer.max_steps=1000000", "callbacks.checkpoint.every_n_steps=20", *QUICK)
 
@@ -61,7 +61,8 @@ def test_sigterm_flushes_checkpoints_and_ends_the_run_killed_with_the_reason(sto
     assert run.info.status == "KILLED" and run.data.tags[OUTCOME_TAG] == "interrupted"
     assert run.data.tags[FAILURE_TAG] == f"RunInterrupted: interrupted by SIGTERM at step {step}"
     assert stderr.strip().splitlines()[-1] == (
-        f"bnrepro: interrupted by SIGTERM at step {step}; continue it with the same command plus resume={run.info.run_id}"
+        f"bnrepro: interrupted by SIGTERM at step {step}; "
+        f"continue it with the same command plus resume={run.info.run_id}"
     )
     logged = [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")]
     assert logged[-1] == step  # every metric up to the stop was flushed
@@ -78,7 +79,9 @@ def test_run_with_a_stale_heartbeat_is_marked_failed_when_the_next_job_starts(st
     client = MlflowClient(store)
     silent_since = int(time.time()) - 3600  # a process that died an hour ago, never closing its run
     dead = client.create_run(client.create_experiment("elsewhere"), tags={HEARTBEAT_TAG: str(silent_since)})
-    alive = client.create_run(client.get_experiment_by_name("elsewhere").experiment_id, tags={HEARTBEAT_TAG: str(int(time.time()))})
+    alive = client.create_run(
+        client.get_experiment_by_name("elsewhere").experiment_id, tags={HEARTBEAT_TAG: str(int(time.time()))}
+    )
 
     train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())  # default: silent for 600 s = lost
 
@@ -99,7 +102,10 @@ def test_sigkilled_run_is_marked_failed_when_the_next_job_starts(store, tmp_path
     while time.time() - float(MlflowClient(store).get_run(lost.info.run_id).data.tags[HEARTBEAT_TAG]) <= 3:
         time.sleep(0.2)
 
-    train(compose_config("trainer.max_steps=10", "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3", *QUICK), JobInfo())
+    train(
+        compose_config("trainer.max_steps=10", "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3", *QUICK),
+        JobInfo(),
+    )
 
     marked = MlflowClient(store).get_run(lost.info.run_id)
     assert marked.info.status == "FAILED" and marked.data.tags[OUTCOME_TAG] == "failed"

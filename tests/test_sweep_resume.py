@@ -1,12 +1,12 @@
 """Resume a sweep: re-running the same sweep command skips finished jobs, resumes interrupted ones, runs the rest."""
 
 import pytest
+from cli_inprocess import cli
+from helpers import StopAtStep
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
 from bnrepro.tracking.tags import IDENTITY_TAG, ROLE_TAG, START_TAG, SWEEP_ID_TAG
-from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
-from test_resume import StopAtStep
 
 SETTINGS = (
     "trainer.max_steps=40",
@@ -20,7 +20,9 @@ SETTINGS = (
 def job_runs(store: str) -> dict[str, object]:
     """seed -> the newest job run with that seed."""
     client = MlflowClient(store)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time ASC"]
+    )
     return {r.data.tags["seed"]: r for r in runs if r.data.tags[ROLE_TAG] == "job"}
 
 
@@ -38,7 +40,10 @@ def test_rerun_sweep_skips_finished_resumes_interrupted_and_runs_the_rest(store,
     assert "4 jobs: 1 run, 1 resumed, 2 skipped (already finished)" in capsys.readouterr().out
     after = job_runs(store)
     assert {seed: run.data.tags[START_TAG] for seed, run in after.items()} == {
-        "0": "skipped", "1": "skipped", "2": "resumed", "3": "fresh"
+        "0": "skipped",
+        "1": "skipped",
+        "2": "resumed",
+        "3": "fresh",
     }
     assert {seed: run.info.run_id for seed, run in after.items() if seed != "3"} == {
         seed: run.info.run_id for seed, run in before.items()
