@@ -103,3 +103,13 @@ def test_composing_and_validating_a_cpu_config_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_dataloader_fed_module_names_the_batch_larger_than_its_training_set():
+    from bnrepro.data.errors import DatasetError
+    from bnrepro.data.imagenet import FakeImageNetDataModule
+
+    datamodule = FakeImageNetDataModule(num_classes=2, image_size=8, train_size=16, val_size=4, batch_size=32)
+    datamodule.setup()
+    with pytest.raises(DatasetError, match=r"data.batch_size=32 is larger than the training split's 16 examples"):
+        datamodule.train_dataloader()  # drop_last would give an epoch without a single batch

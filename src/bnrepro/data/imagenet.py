@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_in
 from torchvision.datasets.folder import make_dataset
 from torchvision.transforms import v2
 
-from bnrepro.data.errors import DatasetError
+from bnrepro.data.errors import DatasetError, require_batch_fits
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")  # matched case-insensitively (".JPEG" included)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -310,6 +310,8 @@ class _LoaderSettings(L.LightningDataModule):
         self.channels_last, self.drop_last = channels_last, drop_last
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        if train and self.drop_last:  # else an epoch of no batches: a run that never steps
+            require_batch_fits(self.batch_size, len(dataset), self.trainer.world_size if self.trainer else 1)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from bnrepro.data.errors import DatasetError
+from bnrepro.data.errors import require_batch_fits
 from bnrepro.data.tensor_stream import EvalBatches, StepStream
 
 
@@ -64,7 +64,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> StepStream:
         trainer = self.trainer
-        self._require_batch_fits(len(self.train_split) // trainer.world_size, trainer.world_size)
+        require_batch_fits(self.batch_size, len(self.train_split), trainer.world_size)
         return StepStream(
             self.train_split.inputs,
             self.train_split.targets,
@@ -76,14 +76,6 @@ class InMemoryDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-
-    def _require_batch_fits(self, examples_per_rank: int, world_size: int) -> None:
-        """One line naming the key, not StepStream's ValueError traceback, for a batch larger than the data."""
-        if self.batch_size > examples_per_rank:
-            raise DatasetError(
-                f"data.batch_size={self.batch_size} is larger than the training split's {examples_per_rank} examples "
-                f"per rank ({world_size} rank(s)): use data.batch_size <= {examples_per_rank}"
-            )
 
     def val_dataloader(self) -> EvalBatches:
         # The paper plots *test* accuracy during training (Fig. 1a); evaluation uses the test split.
