@@ -99,6 +99,12 @@ def test_a_1_channel_model_advertises_1_channel_mean_and_std_to_timm():
     assert model.default_cfg is model.pretrained_cfg
 
 
+def test_reset_classifier_updates_the_advertised_number_of_classes():
+    model = BNInception(num_classes=10, width_multiplier=0.25)
+    model.reset_classifier(4)
+    assert model.get_classifier().out_features == model.pretrained_cfg["num_classes"] == 4
+
+
 def test_a_3_channel_model_advertises_imagenets_rgb_mean_and_std_to_timm():
     config = timm.data.resolve_data_config(model=BNInception(width_multiplier=0.25))
     assert config["input_size"] == (3, 224, 224)

@@ -384,7 +384,7 @@ class BNInception(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+        self.num_classes = self.pretrained_cfg["num_classes"] = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes)
         nn.init.kaiming_normal_(self.classifier.weight, mode="fan_in", nonlinearity="linear")
         nn.init.zeros_(self.classifier.bias)
