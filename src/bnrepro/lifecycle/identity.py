@@ -27,7 +27,7 @@ from bnrepro.config import flatten
 from bnrepro.tracking.job import git
 
 CODE_VERSION_ENV = "BNREPRO_CODE_VERSION"
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding src/ and train.py
+SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout holding src/ and train.py
 SOURCE_PATHS = ("src", "train.py")
 
 # Keys that do not change a job's result: where and how often it records, how it is resumed.

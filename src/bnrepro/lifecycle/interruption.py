@@ -81,9 +81,11 @@ def interruptible() -> Iterator[None]:
 class GracefulStop(L.Callback):
     """Defers SIGINT/SIGTERM during training to the next chunk boundary (see the module docstring).
 
-    Lightning installs its own SIGTERM handler when `fit` starts; it would raise mid-evaluation.
-    `on_train_start` runs after that, so ours replaces it for the training loop (Lightning
-    restores the job-level handler at teardown).
+    Signals are entirely ours. Lightning 2.6 always installs a SIGTERM handler when `fit` starts
+    (its signal connector, with no public switch to turn it off), which would raise `SIGTERMException`
+    mid-evaluation or, under DDP, at the next batch. `on_train_start` is the first hook after that
+    registration, so ours replaces it there for the training loop; Lightning restores the job-level
+    handler (ours, from `interruptible`) at teardown. This is the one place that works around it.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
