@@ -31,14 +31,14 @@ SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout holding src/ a
 SOURCE_PATHS = ("src", "train.py")
 
 # Keys that do not change a job's result: where and how often it records, how it is resumed.
-# trainer.eval_every_n_steps stays in: it decides which points the result's curves hold.
+# loop.eval_every_n_steps stays in: it decides which points the result's curves hold.
 EXCLUDED = (
     "logger",  # tracking store, experiment name, heartbeat settings
     "sweep_name",
     "resume",
     "rerun",
     "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",  # how often the training loss is recorded; the trajectory is the same
+    "loop.log_every_n_steps",  # how often the training loss is recorded; the trajectory is the same
     "callbacks.checkpoint",  # when and where state is saved
 )
 
