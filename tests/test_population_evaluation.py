@@ -78,3 +78,11 @@ def test_batches_are_disjoint_and_of_the_training_batch_size():
     batches = list(population_batches(inputs, batch_size=4, count=3, seed=0, rank=0, world_size=1))
     assert [len(b) for b in batches] == [4, 4, 4]
     assert sorted(torch.cat(batches).squeeze(1).tolist()) == list(range(12))
+
+
+def test_every_rank_gets_the_same_number_of_batches_and_together_they_are_disjoint():
+    inputs = torch.arange(40.0).unsqueeze(1)
+    shares = [list(population_batches(inputs, batch_size=4, count=5, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(share) for share in shares] == [3, 3]
+    values = torch.cat([batch for share in shares for batch in share]).squeeze(1).tolist()
+    assert len(set(values)) == len(values) == 24

@@ -24,12 +24,15 @@ WHEN = ("every", "final")
 
 
 def population_batches(inputs: Tensor, batch_size: int, count: int, seed: int, rank: int, world_size: int):
-    """This rank's share of `count` disjoint training mini-batches, fixed by `seed` (whole split reused if short)."""
+    """This rank's share of `count` disjoint training mini-batches fixed by `seed` (the split is reused if short).
+
+    Every rank gets the same number, ceil(count / world_size), since a synchronized BN layer runs a
+    collective per batch."""
+    per_rank = -(-count // world_size)
+    needed = per_rank * world_size * batch_size
     generator = torch.Generator().manual_seed(seed)
-    order = torch.cat(
-        [torch.randperm(len(inputs), generator=generator) for _ in range(-(-count * batch_size // len(inputs)))]
-    )
-    for index in range(rank, count, world_size):
+    order = torch.cat([torch.randperm(len(inputs), generator=generator) for _ in range(-(-needed // len(inputs)))])
+    for index in range(rank, per_rank * world_size, world_size):
         yield inputs[order[index * batch_size : (index + 1) * batch_size].to(inputs.device)]
 
 
