@@ -7,16 +7,9 @@ run (one job's tracked run), sweep (the Hydra sweep callback, the report upload)
 
 import importlib
 
-# Transitional: the names other packages still import from `bnrepro.tracking` itself (report/, two tests),
-# loaded on first use so that `bnrepro.tracking.tags` stays free of torch. Remove once they import the modules.
-_MOVED = {
-    **dict.fromkeys(
-        ("FAILURE_TAG", "GROUPS", "OUTCOME_TAG", "ROLE_TAG", "SWEEP_ID_TAG", "SWEEP_NAME_TAG", "tracking_uri"), "tags"
-    ),
-    "JobInfo": "job",
-    "MLflowMetricsLogger": "metrics",
-    "log_report": "sweep",
-}
+# Transitional: two of B's tests (test_experiments, test_tensor_stream) still import these from the package
+# itself; loaded on first use so that `bnrepro.tracking.tags` stays free of torch. Remove once they import the modules.
+_MOVED = {"JobInfo": "job", "MLflowMetricsLogger": "metrics"}
 
 
 def __getattr__(name: str):
