@@ -46,9 +46,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps; default: 50 on CUDA, 4 on CPU")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first; default: 10 on CUDA, 1 on CPU")
     parser.add_argument("--proxy-steps", type=int, default=20)
-    parser.add_argument("--loader-images", type=int, default=None, help="JPEGs to generate; default: 2048 on CUDA, 192 on CPU")
+    parser.add_argument(
+        "--loader-images", type=int, default=None, help="JPEGs to generate; default: 2048 on CUDA, 192 on CPU"
+    )
     parser.add_argument("--loader-workers", type=int, default=None, help="default: every CPU core")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads for the model (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op CPU threads for the model (default: torch's)"
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR / "inception.json")
     return parser.parse_args(argv)
 
@@ -62,7 +66,9 @@ def fake_batch(batch_size: int, image_size: int) -> tuple[torch.Tensor, torch.Te
     return x[0], y[0]
 
 
-def time_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int, bf16: bool) -> list[float]:
+def time_training(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int, bf16: bool
+) -> list[float]:
     """Seconds per optimizer step (forward, backward, SGD step), measured one step at a time."""
     device = x.device
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0015, momentum=0.9, weight_decay=4e-5)
@@ -168,7 +174,12 @@ def loader_throughput(root: Path, workers: int, batch_size: int, image_size: int
         for x, _ in loader:
             images += x.shape[1]
         passes.append(images / (time.perf_counter() - start))
-    return {"workers": workers, "batch_size": batch_size, "images_per_s": passes[-1], "images_per_s_first_pass": passes[0]}
+    return {
+        "workers": workers,
+        "batch_size": batch_size,
+        "images_per_s": passes[-1],
+        "images_per_s_first_pass": passes[0],
+    }
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -193,7 +204,11 @@ def main(argv: list[str]) -> int:
     jpeg_root = args.out.parent / "jpeg_imagenet"
     shutil.rmtree(jpeg_root, ignore_errors=True)
     jpegs = write_jpeg_folder(jpeg_root, args.loader_images or (2048 if cuda else 192))
-    print(f"loader: {jpegs['images']} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]} ({jpegs['mean_kb']:.0f} KB), {workers} workers ...", flush=True)
+    print(
+        f"loader: {jpegs['images']} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]} ({jpegs['mean_kb']:.0f} KB), "
+        f"{workers} workers ...",
+        flush=True,
+    )
     loader = loader_throughput(jpeg_root, workers, 64, args.image_size)
     loader["images_per_s_per_worker"] = loader["images_per_s"] / workers
     shutil.rmtree(jpeg_root, ignore_errors=True)
@@ -201,7 +216,9 @@ def main(argv: list[str]) -> int:
     result = {
         "benchmark": "bench_inception",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, {cores} cores)",
+        "device": torch.cuda.get_device_name(0)
+        if cuda
+        else f"CPU ({platform.processor() or platform.machine()}, {cores} cores)",
         "torch": torch.__version__,
         "cpu_cores": cores,
         "model_threads": torch.get_num_threads(),
@@ -226,7 +243,10 @@ def main(argv: list[str]) -> int:
     print(f"{'loader: images/s per worker':<58} {loader['images_per_s_per_worker']:>14.1f}")
     print(f"{'loader workers needed to feed the model':<58} {result['loader_workers_needed']:>14.1f}")
     print(f"{'loader keeps up with the model':<58} {str(result['loader_keeps_up']):>14}")
-    print(f"load average during the run: {', '.join(f'{v:.2f}' for v in result['load_average'])} (the machine is shared if > cores)")
+    print(
+        f"load average during the run: {', '.join(f'{v:.2f}' for v in result['load_average'])} "
+        "(the machine is shared if > cores)"
+    )
     print(f"JSON: {args.out}")
     return 0
 

@@ -91,7 +91,10 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="work-", dir=_made(OUT)))
         self.logs = _made(self.work / "logs")
         self.counter = 0
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         self.env["MLFLOW_TRACKING_URI"] = f"sqlite:///{self.work / 'mlflow.db'}"  # never the user's store
         if args.threads:
             self.env["OMP_NUM_THREADS"] = str(args.threads)
@@ -119,11 +122,19 @@ class Bench:
         record = json.loads(clock.read_text())
         loop = record["train_end"] - record["first_step"]
         return Sample(
-            kind=kind, label=label, wall=wall, startup=record["first_step"] - launch, loop=loop,
-            steps=record["steps"], us_per_step=loop / record["steps"] * 1e6,
+            kind=kind,
+            label=label,
+            wall=wall,
+            startup=record["first_step"] - launch,
+            loop=loop,
+            steps=record["steps"],
+            us_per_step=loop / record["steps"] * 1e6,
             cpu_us_per_step=record["cpu_seconds"] / record["steps"] * 1e6,
-            evaluation_ms=record["evaluation_seconds"] / max(record["evaluations"], 1) * 1e3, torch_threads=record["torch_threads"],
-            device=record["device"], load_1min=load, final=record.get("final", {}),
+            evaluation_ms=record["evaluation_seconds"] / max(record["evaluations"], 1) * 1e3,
+            torch_threads=record["torch_threads"],
+            device=record["device"],
+            load_1min=load,
+            final=record.get("final", {}),
         )
 
     def experiment(self, norm: str, steps: int) -> list[str]:
@@ -131,15 +142,29 @@ class Bench:
 
     def hand(self, norm: str, steps: int) -> Sample:
         clock = self.work / f"clock-{self.counter}.json"
-        command = [PY, "benchmarks/hand_loop.py", "--out", str(clock), "--device", self.device, *self.experiment(norm, steps)]
+        command = [
+            PY,
+            "benchmarks/hand_loop.py",
+            "--out",
+            str(clock),
+            "--device",
+            self.device,
+            *self.experiment(norm, steps),
+        ]
         return self._timed("hand", norm, command, clock)
 
     def framework(self, norm: str, steps: int, logger: str = "none", extra: tuple[str, ...] = ()) -> Sample:
         clock = self.work / f"clock-{self.counter}.json"
         command = [
-            PY, "train.py", *self.experiment(norm, steps), f"logger={logger}", "rerun=true", *extra,
+            PY,
+            "train.py",
+            *self.experiment(norm, steps),
+            f"logger={logger}",
+            "rerun=true",
+            *extra,
             f"hydra.run.dir={self.work / 'runs' / str(self.counter)}",
-            "+callbacks.bench_clock._target_=benchmarks.clock.TrainClock", f"+callbacks.bench_clock.path={clock}",
+            "+callbacks.bench_clock._target_=benchmarks.clock.TrainClock",
+            f"+callbacks.bench_clock.path={clock}",
         ]
         sample = self._timed("framework", " ".join([norm, f"logger={logger}", *extra]), command, clock)
         shutil.rmtree(self.work / "runs", ignore_errors=True)  # checkpoints of this run
@@ -147,9 +172,19 @@ class Bench:
 
     def sweep(self, steps: int, parallel: bool) -> float:
         command = [
-            PY, "train.py", "-m", EXPERIMENT, "norm=bn,none", "optim=baseline,lr_x5", f"trainer.max_steps={steps}",
-            "logger=none", "rerun=true", "trainer.enable_progress_bar=false", *self.device_overrides,
-            f"hydra.sweep.dir={self.work / 'sweep'}", *(["hydra/launcher=parallel"] if parallel else []),
+            PY,
+            "train.py",
+            "-m",
+            EXPERIMENT,
+            "norm=bn,none",
+            "optim=baseline,lr_x5",
+            f"trainer.max_steps={steps}",
+            "logger=none",
+            "rerun=true",
+            "trainer.enable_progress_bar=false",
+            *self.device_overrides,
+            f"hydra.sweep.dir={self.work / 'sweep'}",
+            *(["hydra/launcher=parallel"] if parallel else []),
         ]
         _, wall = self._run(command, "sweep-joblib" if parallel else "sweep-serial")
         shutil.rmtree(self.work / "sweep", ignore_errors=True)
@@ -175,7 +210,7 @@ def per_step(bench: Bench, steps: int, reps: int, norms: list[str]) -> dict:
         framework_us = statistics.median(s.us_per_step for s in framework)
         hand_cpu = statistics.median(s.cpu_us_per_step for s in hand)
         framework_cpu = statistics.median(s.cpu_us_per_step for s in framework)
-        pair_ratios = [f.us_per_step / h.us_per_step for h, f in zip(hand, framework)]
+        pair_ratios = [f.us_per_step / h.us_per_step for h, f in zip(hand, framework, strict=False)]
         results[norm] = {
             "steps": steps,
             "repetitions": reps,
@@ -208,7 +243,11 @@ def mlflow_overhead(bench: Bench, steps: int, reps: int) -> dict:
     tracked = [s for s in samples if s.label == "bn logger=mlflow"]
 
     def overhead(attribute: str) -> float:
-        return statistics.median(getattr(s, attribute) for s in tracked) / statistics.median(getattr(s, attribute) for s in none) - 1
+        return (
+            statistics.median(getattr(s, attribute) for s in tracked)
+            / statistics.median(getattr(s, attribute) for s in none)
+            - 1
+        )
 
     result = {
         "steps": steps,
@@ -216,7 +255,8 @@ def mlflow_overhead(bench: Bench, steps: int, reps: int) -> dict:
         "training_loop_overhead": overhead("loop"),
         "training_loop_cpu_overhead": overhead("cpu_us_per_step"),
         "whole_process_overhead": overhead("wall"),
-        "startup_extra_seconds": statistics.median(s.startup for s in tracked) - statistics.median(s.startup for s in none),
+        "startup_extra_seconds": statistics.median(s.startup for s in tracked)
+        - statistics.median(s.startup for s in none),
         # after training: final evaluation, closing the run (flush, tags, status), process exit
         "close_extra_seconds": statistics.median(s.wall - s.startup - s.loop for s in tracked)
         - statistics.median(s.wall - s.startup - s.loop for s in none),
@@ -253,10 +293,14 @@ print(json.dumps({"torch": after_torch - start, "lightning (after torch)": after
 
 
 def import_times(bench: Bench, reps: int = 2) -> dict:
-    """Seconds to import torch, then lightning, then bnrepro.run (hydra, our code), then MLflow, median of fresh processes."""
+    """Seconds to import torch, then lightning, then bnrepro.run (hydra, our code), then MLflow.
+
+    Median over fresh processes."""
     runs = []
     for _ in range(reps):
-        result = subprocess.run([PY, "-c", IMPORTS], cwd=ROOT, env=bench.env, capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [PY, "-c", IMPORTS], cwd=ROOT, env=bench.env, capture_output=True, text=True, check=True
+        )
         runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
@@ -282,7 +326,12 @@ def sweeps(bench: Bench, steps: int, reps: int) -> dict:
 def gpu_full_run(bench: Bench) -> dict:
     """The 50,000-step run end to end as a user runs it (logger=mlflow), eager and with loop.compile=true."""
     eager = bench.framework("bn", FULL_STEPS, logger="mlflow")
-    result = {"steps": FULL_STEPS, "end_to_end_seconds": eager.wall, "us_per_step": eager.us_per_step, "sample": asdict(eager)}
+    result = {
+        "steps": FULL_STEPS,
+        "end_to_end_seconds": eager.wall,
+        "us_per_step": eager.us_per_step,
+        "sample": asdict(eager),
+    }
     compiled = bench.framework("bn", FULL_STEPS, logger="mlflow", extra=("loop.compile=true",))
     # End to end, so the one-off compile (inside the first steps) counts against the compiled run.
     result["compiled"] = {
@@ -368,7 +417,9 @@ def table(report: dict) -> str:
                 f"serial {r['serial_seconds']:.1f} s, parallel {r['parallel_seconds']:.1f} s: ratio {r['ratio']:.3f}",
                 f"<= {TARGETS['sweep_ratio']:.2f}",
                 # Each parallel worker imports the stack once: the target is for jobs of real length.
-                _verdict(r["ratio"], TARGETS["sweep_ratio"]) if r["steps_per_job"] >= SWEEP_STEPS else f"n/a: < {SWEEP_STEPS} steps/job",
+                _verdict(r["ratio"], TARGETS["sweep_ratio"])
+                if r["steps_per_job"] >= SWEEP_STEPS
+                else f"n/a: < {SWEEP_STEPS} steps/job",
             )
         )
     if "gpu_full_run" in report:
@@ -393,7 +444,7 @@ def table(report: dict) -> str:
     header = ("measurement", "result", "target", "")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     for row in [header, tuple("-" * w for w in widths), *rows]:
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
     if "imports" in report.get("startup", {}):
         imports = report["startup"]["imports"]
         parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in imports.items() if name != "total")
@@ -420,7 +471,8 @@ def _cuda_available() -> bool:
 
 def _progress(what: str, samples: list[Sample]) -> None:
     parts = ", ".join(
-        f"{s.kind} {s.us_per_step:.0f} us/step (evaluation {s.evaluation_ms:.0f} ms, start-up {s.startup:.1f} s)" for s in samples
+        f"{s.kind} {s.us_per_step:.0f} us/step (evaluation {s.evaluation_ms:.0f} ms, start-up {s.startup:.1f} s)"
+        for s in samples
     )
     print(f"  {what}: {parts}  [load {samples[0].load_1min:.2f}]", flush=True)
 
@@ -453,13 +505,23 @@ def _git() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repetitions (~2 min on 2 cores)")
-    parser.add_argument("--steps", type=int, help=f"steps per timed run (default 10000, quick 2000; {FULL_STEPS} = the full Fig. 1 run)")
+    parser.add_argument(
+        "--steps", type=int, help=f"steps per timed run (default 10000, quick 2000; {FULL_STEPS} = the full Fig. 1 run)"
+    )
     parser.add_argument("--reps", type=int, help="repetitions of each side (default 5, quick 2)")
     parser.add_argument("--norms", default="bn,none", help="norm options for the per-step comparison")
-    parser.add_argument("--mlflow-steps", type=int, help=f"steps of the MLflow overhead runs (default {FULL_STEPS}, quick 2000)")
-    parser.add_argument("--mlflow-reps", type=int, default=1, help="repetitions of the logger=none/mlflow pair (default 1)")
-    parser.add_argument("--sweep-steps", type=int, help=f"steps per job of the 4-job sweep (default {SWEEP_STEPS}, quick 2000)")
-    parser.add_argument("--sweep-reps", type=int, default=1, help="repetitions of the serial/parallel sweep pair (default 1)")
+    parser.add_argument(
+        "--mlflow-steps", type=int, help=f"steps of the MLflow overhead runs (default {FULL_STEPS}, quick 2000)"
+    )
+    parser.add_argument(
+        "--mlflow-reps", type=int, default=1, help="repetitions of the logger=none/mlflow pair (default 1)"
+    )
+    parser.add_argument(
+        "--sweep-steps", type=int, help=f"steps per job of the 4-job sweep (default {SWEEP_STEPS}, quick 2000)"
+    )
+    parser.add_argument(
+        "--sweep-reps", type=int, default=1, help="repetitions of the serial/parallel sweep pair (default 1)"
+    )
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: inherited)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: " + ",".join(PARTS))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")

@@ -4,7 +4,8 @@ Same configuration (composed by Hydra from the same overrides), same seed and th
 initial weights, the same data tensors on the same device, the same sample order (each data-epoch
 is `epoch_permutation(n, seed, epoch)`, as in `StepStream`), the same SGD settings and number of
 steps. Batches are gathered with `index_select`, the fastest gather on the CPU (several times
-faster than `inputs[index]`), so the baseline is as fast as a plain loop gets. It does the same periodic work as the framework: the training loss is summed on the device
+faster than `inputs[index]`), so the baseline is as fast as a plain loop gets. It does the same
+periodic work as the framework: the training loss is summed on the device
 and read every `loop.log_every_n_steps` steps, and the test split is evaluated (loss, top-1 and
 top-5 accuracy, in `data.eval_batch_size` batches) every `loop.eval_every_n_steps` steps.
 It does not write checkpoints or diagnostics (framework features, counted as framework time).
