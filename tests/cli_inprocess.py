@@ -18,7 +18,6 @@ def _train(cfg):
     return main(cfg)
 
 
-from conftest import store  # noqa: E402,F401  (transitional: test_input_validation imports it from here)
 
 
 def cli(tmp_path: Path, *args: str) -> int:

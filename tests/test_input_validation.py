@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from cli_inprocess import cli, store  # noqa: F401  (store: a fixture, a pre-migrated SQLite store)
+from cli_inprocess import cli
 from conftest import CONF, QUICK, compose_config
 from mlflow.tracking import MlflowClient
 

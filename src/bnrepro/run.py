@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, checkpoint_dir, last_checkpoint
 from bnrepro.callbacks.divergence import Diverged
-from bnrepro.config import ConfigError, validate
+from bnrepro.config import ConfigError, validate, validate_machine
 from bnrepro.data.errors import DatasetError
 from bnrepro.lifecycle.distributed import (
     DeviceSlot,
@@ -58,7 +58,6 @@ BAD_INPUT = (ConfigError, DatasetError, TrackingError, CheckpointError, ResumeEr
 HARMLESS_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning internals on torch >= 2.10
     r"The number of training batches .* is smaller than the logging interval.*",  # short runs
-    r"torch\.distributed\.nn\.functional\.all_(reduce|gather) is deprecated.*",  # still the differentiable API
 )
 
 
@@ -97,6 +96,7 @@ def one_line(error: BaseException) -> str:
 
 def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     validate(cfg)
+    validate_machine(cfg)  # a GPU accelerator on a machine without one
     too_big = oversubscription(job.parallel_jobs, cfg.trainer.devices, cfg.trainer.accelerator)
     if too_big:
         raise ConfigError(too_big)
