@@ -18,8 +18,6 @@ def _train(cfg):
     return main(cfg)
 
 
-
-
 def cli(tmp_path: Path, *args: str) -> int:
     """Exit code of `train.py *args` with its run and sweep directories under tmp_path (unless args set them)."""
     dirs = [f"hydra.{kind}.dir={tmp_path}/{kind}" for kind in ("run", "sweep")]

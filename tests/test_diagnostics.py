@@ -156,7 +156,9 @@ def test_a_model_without_declared_sites_is_a_clear_error():
 
 
 def test_an_unknown_site_is_a_clear_error():
-    module = Classifier(MLP(num_classes=3, in_features=12, widths=(4,)), functools.partial(torch.optim.SGD, lr=0.1), num_classes=3)
+    module = Classifier(
+        MLP(num_classes=3, in_features=12, widths=(4,)), functools.partial(torch.optim.SGD, lr=0.1), num_classes=3
+    )
     trainer_stub = type("T", (), {"sanity_checking": False})()
     with pytest.raises(KeyError, match="hidden9"):
         CovariateShiftDiagnostics(site="hidden9").on_validation_epoch_start(trainer_stub, module)
