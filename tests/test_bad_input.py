@@ -7,18 +7,17 @@ one line, ``bnrepro: error: ...``, exit 2.
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_inprocess import cli
 from conftest import QUICK
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from test_mnist_data import write_mnist_raw
-from torch.utils.data import DataLoader, Dataset
 
 from bnrepro.callbacks import checkpointing
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
-from bnrepro.data.errors import DatasetError
-from bnrepro.run import one_line
 
 SHORT = ("trainer.max_steps=20", *QUICK)
 
@@ -224,23 +223,39 @@ def test_corrupt_checkpoint_on_resume_is_one_line(store, tmp_path, capsys):
     )
 
 
-class UnreadableImages(Dataset):
-    def __len__(self) -> int:
-        return 4
+def write_jpeg_folder(root: Path, images_per_class: int = 4) -> Path:
+    """root/{train,val}/<wnid>/*.JPEG, 2 classes of small random JPEGs, and one corrupt train file (returned)."""
+    for split in ("train", "val"):
+        for c, wnid in enumerate(("n01440764", "n01443537")):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(images_per_class):
+                pixels = np.random.default_rng(10 * c + i).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+    corrupt = root / "train" / "n01440764" / "corrupt.JPEG"
+    corrupt.write_bytes(b"this is not a JPEG" * 10)
+    return corrupt
 
-    def __getitem__(self, index: int):
-        raise DatasetError(
-            f"unreadable image file img{index}.JPEG (OSError: truncated); fix or remove it, or set on_corrupt='skip'."
-        )
 
-
-def test_dataset_error_raised_in_a_dataloader_worker_is_reported_as_its_own_one_line_message():
-    with pytest.raises(DatasetError) as caught:
-        next(iter(DataLoader(UnreadableImages(), batch_size=2, num_workers=1)))
-    assert "Original Traceback" in str(caught.value)  # what the DataLoader re-raises in the main process
-    assert one_line(caught.value) == (
-        "unreadable image file img0.JPEG (OSError: truncated); fix or remove it, or set on_corrupt='skip'."
+def test_corrupt_jpeg_read_by_dataloader_workers_is_one_line_naming_the_file(store, tmp_path, capsys):
+    corrupt = write_jpeg_folder(tmp_path / "imagenet")
+    overrides = (
+        "experiment=bn_x5",
+        "data=imagenet",
+        f"data.data_dir={tmp_path}/imagenet",
+        "data.num_workers=2",
+        "data.batch_size=9",  # every training batch holds the corrupt file
+        "data.pin_memory=false",
+        "data.image_size=32",
+        "model.net.width_multiplier=0.125",
+        "trainer=cpu",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}/run",
     )
+    assert cli(tmp_path, *SHORT, *overrides) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert stderr.splitlines()[-1].startswith(f"bnrepro: error: unreadable image file {corrupt} (")
+    assert "Traceback" not in stderr  # our own error, raised in the main process, not a worker's re-raise
 
 
 def test_store_is_checked_before_any_data_is_read(tmp_path, capsys, monkeypatch):

@@ -141,10 +141,22 @@ def test_corrupt_jpeg_fails_naming_the_file(imagenet_dir, corrupt_file):
         list(dm.train_dataloader())
 
 
-def test_corrupt_jpeg_in_a_worker_process_fails_naming_the_file(imagenet_dir, corrupt_file):
-    dm = datamodule(imagenet_dir, on_corrupt="fail", batch_size=13, num_workers=1)
+def test_corrupt_jpeg_in_worker_processes_fails_in_the_main_process_with_its_own_message(imagenet_dir, corrupt_file):
+    dm = datamodule(imagenet_dir, on_corrupt="fail", batch_size=13, num_workers=2)
     dm.setup()
-    with pytest.raises(DatasetError, match=f"unreadable image file {corrupt_file}"):
+    with pytest.raises(DatasetError) as caught:
+        list(dm.train_dataloader())
+    # raised by CheckedDataLoader, not re-raised by the DataLoader with the worker's traceback in the message
+    assert str(caught.value).startswith(f"unreadable image file {corrupt_file} (")
+    assert str(caught.value).endswith("; fix or remove it, or set on_corrupt='skip'.")
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_a_batch_of_only_unreadable_files_fails_naming_them(imagenet_dir, corrupt_file):
+    dm = datamodule(imagenet_dir, on_corrupt="skip", batch_size=1, num_workers=1)
+    dm.setup()
+    dm.train_set.samples = [(str(corrupt_file), 0)]
+    with pytest.raises(DatasetError, match=f"every image in this batch is unreadable: \\['{corrupt_file}'\\]"):
         list(dm.train_dataloader())
 
 

@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         with interruptible():  # SIGINT/SIGTERM -> RunInterrupted: the run ends KILLED, not stuck RUNNING
             return train(cfg, JobInfo.from_hydra())
     except BAD_INPUT as error:
-        print(f"bnrepro: error: {one_line(error)}", file=sys.stderr)
+        print(f"bnrepro: error: {first_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunInterrupted as stop:
         hint = (
@@ -83,15 +83,6 @@ def main(cfg: DictConfig) -> dict[str, float]:
         if global_rank() == 0:  # every rank stops at the same step; one says so
             print(f"bnrepro: {stop}{hint}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
-
-
-def one_line(error: BaseException) -> str:
-    """The error's own one-line message, also when a DataLoader worker re-raised it with its traceback."""
-    text = str(error).strip()
-    if "Original Traceback" in text:  # "Caught DatasetError in DataLoader worker process 0. Original Traceback ..."
-        last = text.splitlines()[-1]  # "bnrepro.data.errors.DatasetError: <the message>"
-        return last.split(": ", 1)[1] if ": " in last else last
-    return first_line(error)
 
 
 def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:

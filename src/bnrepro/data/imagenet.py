@@ -35,6 +35,8 @@ Unreadable image files: ``on_corrupt="fail"`` raises `DatasetError` naming the f
 ``on_corrupt="skip"`` drops the sample from its batch (batches may come out smaller) and counts
 it in `num_skipped` (shared across DataLoader workers; a file read again in a later epoch counts
 again). A batch whose every sample is unreadable raises `DatasetError` naming the files.
+These errors are raised in the main process (see `UnusableBatch`), so the user sees our own
+one-line message, not the DataLoader's re-raise of a worker's exception with its traceback.
 
 `FakeImageNetDataModule` serves synthetic, already-normalized image tensors of the same shapes
 and batch format, generated deterministically per index from a seed, for pipeline and
@@ -188,18 +190,29 @@ def _check_same_classes(train: list[str], val: list[str], data_dir: Path) -> Non
 
 @dataclass(frozen=True)
 class Unreadable:
-    """What a sample becomes under on_corrupt="skip" when its file cannot be decoded."""
+    """What a sample becomes when its file cannot be decoded (either on_corrupt policy)."""
 
     path: str
     reason: str
 
 
+@dataclass(frozen=True)
+class UnusableBatch:
+    """What a batch becomes when it cannot be used: the `DatasetError` message, carried as data.
+
+    A DatasetError raised in a DataLoader worker reaches the main process re-wrapped, its message
+    buried in the worker's traceback text; `CheckedDataLoader` raises this one there instead.
+    """
+
+    message: str
+
+
 class ImageFolderSplit(Dataset):
     """One split folder as (image, class index) samples, with the on_corrupt policy.
 
-    Decoding errors (and only those) are caught: "fail" re-raises them as `DatasetError` naming
-    the file; "skip" returns an `Unreadable` marker that `collate_readable` drops, and counts it in
-    a counter shared with DataLoader worker processes.
+    Decoding errors (and only those) are caught and the sample becomes an `Unreadable` marker, which
+    `collate_readable` turns into an `UnusableBatch` ("fail") or drops ("skip"); under "skip" it is
+    also counted, in a counter shared with DataLoader worker processes.
     """
 
     def __init__(self, split_dir: Path, class_names: list[str], transform: Callable, on_corrupt: str):
@@ -238,12 +251,9 @@ class ImageFolderSplit(Dataset):
                 image = image.convert("RGB")  # forces the full decode inside the try
         except DECODE_ERRORS as error:
             reason = f"{type(error).__name__}: {error}"
-            if self.on_corrupt != "skip":  # "fail"
-                raise DatasetError(
-                    f"unreadable image file {path} ({reason}); fix or remove it, or set on_corrupt='skip'."
-                ) from error
-            self._count_skip()
-            warnings.warn(f"skipping unreadable image file {path} ({reason})", stacklevel=2)
+            if self.on_corrupt == "skip":
+                self._count_skip()
+                warnings.warn(f"skipping unreadable image file {path} ({reason})", stacklevel=2)
             return Unreadable(path, reason)
         return self.transform(image), target
 
@@ -252,13 +262,18 @@ def _has_image_file(folder: Path) -> bool:
     return any(name.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder) for name in files)
 
 
-def collate_readable(samples: list[Any]) -> tuple[Tensor, Tensor]:
-    """default_collate over the readable samples; a batch with none raises DatasetError."""
-    readable = [sample for sample in samples if not isinstance(sample, Unreadable)]
-    if not readable:
+def collate_readable(samples: list[Any], on_corrupt: str) -> tuple[Tensor, Tensor] | UnusableBatch:
+    """default_collate over the readable samples, or an `UnusableBatch` saying why there is no batch."""
+    unreadable = [sample for sample in samples if isinstance(sample, Unreadable)]
+    if unreadable and on_corrupt != "skip":  # "fail"
+        first = unreadable[0]
+        return UnusableBatch(
+            f"unreadable image file {first.path} ({first.reason}); fix or remove it, or set on_corrupt='skip'."
+        )
+    if len(unreadable) == len(samples):
         paths = [sample.path for sample in samples]
-        raise DatasetError(f"every image in this batch is unreadable: {paths[:5]}{'...' if len(paths) > 5 else ''}")
-    return default_collate(readable)
+        return UnusableBatch(f"every image in this batch is unreadable: {paths[:5]}{'...' if len(paths) > 5 else ''}")
+    return default_collate([sample for sample in samples if not isinstance(sample, Unreadable)])
 
 
 class BatchCollator:
@@ -266,14 +281,15 @@ class BatchCollator:
 
     ``add_step_dim``: training batches get the leading K = 1 dimension, (1, B, ...) and (1, B).
     ``channels_last``: the (B, 3, S, S) image block is made channels-last before that.
+    ``on_corrupt``: the policy for `Unreadable` samples (see `collate_readable`).
     """
 
-    def __init__(self, add_step_dim: bool, channels_last: bool):
-        self.add_step_dim, self.channels_last = add_step_dim, channels_last
+    def __init__(self, add_step_dim: bool, channels_last: bool, on_corrupt: str):
+        self.add_step_dim, self.channels_last, self.on_corrupt = add_step_dim, channels_last, on_corrupt
 
-    def __call__(self, samples: list[Any]) -> tuple[Tensor, Tensor]:
-        images, targets = collate_readable(samples)
-        return self.format(images, targets)
+    def __call__(self, samples: list[Any]) -> tuple[Tensor, Tensor] | UnusableBatch:
+        batch = collate_readable(samples, self.on_corrupt)
+        return batch if isinstance(batch, UnusableBatch) else self.format(*batch)
 
     def format(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         if self.channels_last:
@@ -281,6 +297,20 @@ class BatchCollator:
         if self.add_step_dim:
             return images.unsqueeze(0), targets.unsqueeze(0)
         return images, targets
+
+
+class CheckedDataLoader(DataLoader):
+    """A DataLoader that raises `DatasetError` in the main process for an `UnusableBatch`.
+
+    A DataLoader subclass rather than a wrapper, so that Lightning can still re-create it (e.g.
+    with a DistributedSampler under DDP).
+    """
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, UnusableBatch):
+                raise DatasetError(batch.message)
+            yield batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +321,7 @@ class _LoaderSettings(L.LightningDataModule):
     """DataLoader construction shared by the real and the fake ImageNet modules."""
 
     steps_per_batch = 1  # DataLoader batches are one optimizer step each (K = 1)
+    on_corrupt = "fail"  # ImageNetDataModule's setting; the fake module has no files to be unreadable
 
     def __init__(
         self,
@@ -309,10 +340,10 @@ class _LoaderSettings(L.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.channels_last, self.drop_last = channels_last, drop_last
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool) -> CheckedDataLoader:
         if train and self.drop_last:  # else an epoch of no batches: a run that never steps
             require_batch_fits(self.batch_size, len(dataset), self.trainer.world_size if self.trainer else 1)
-        return DataLoader(
+        return CheckedDataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
@@ -320,7 +351,7 @@ class _LoaderSettings(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=BatchCollator(add_step_dim=train, channels_last=self.channels_last),
+            collate_fn=BatchCollator(add_step_dim=train, channels_last=self.channels_last, on_corrupt=self.on_corrupt),
         )
 
 
