@@ -4,7 +4,10 @@ import os
 import signal
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers.logger import Logger
 
+from bnrepro.data.in_memory import InMemoryDataModule, Split
 from bnrepro.lifecycle.interruption import GracefulStop
 
 
@@ -26,3 +29,43 @@ class StopAtStep(GracefulStop):
         if trainer.global_step == self.step and self.action == "crash":  # after step `step` was logged
             raise RuntimeError(f"simulated crash at step {self.step}")
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+class OverflowParameterAt(L.Callback):
+    """Sets one weight to +inf at the end of the chunk that reaches `step`, after that chunk's loss was computed:
+    the loss stays finite while a parameter has reached "machine infinity" (Sec. 4.2.1)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("inf")
+
+
+class RecordingLogger(Logger):
+    """Keeps every (step, metrics) the trainer's logger receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[int, dict[str, float]]] = []
+
+    name, version = "recording", "0"
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class RandomDigits(InMemoryDataModule):
+    """40 training and 30 test samples of 12 features, 3 classes, written by the test."""
+
+    num_classes = 3
+
+    def read_splits(self):
+        generator = torch.Generator().manual_seed(0)
+        make = lambda n: Split(torch.rand(n, 12, generator=generator), torch.randint(0, 3, (n,), generator=generator))  # noqa: E731
+        return make(40), make(30)

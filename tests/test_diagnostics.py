@@ -6,43 +6,15 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers.logger import Logger
 from torch import nn
 
 from bnrepro.callbacks import diagnostics
 from bnrepro.callbacks.diagnostics import CovariateShiftDiagnostics, choose_units, compute_percentiles, unit_columns
-from bnrepro.data.in_memory import InMemoryDataModule, Split
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
+from tests.helpers import RandomDigits, RecordingLogger
 
 STEPS_PER_BATCH, EVAL_EVERY, MAX_STEPS = 5, 10, 20
-
-
-class RecordingLogger(Logger):
-    """Keeps every (step, metrics) the trainer's logger receives."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[int, dict[str, float]]] = []
-
-    name, version = "recording", "0"
-
-    def log_metrics(self, metrics, step=None):
-        self.calls.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-
-class RandomDigits(InMemoryDataModule):
-    """40 training and 30 test samples of 12 features, 3 classes, written by the test."""
-
-    num_classes = 3
-
-    def read_splits(self):
-        generator = torch.Generator().manual_seed(0)
-        make = lambda n: Split(torch.rand(n, 12, generator=generator), torch.randint(0, 3, (n,), generator=generator))  # noqa: E731
-        return make(40), make(30)
 
 
 class HookProbe(L.Callback):

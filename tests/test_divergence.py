@@ -52,3 +52,16 @@ def test_a_diverging_job_does_not_stop_its_sweep(store, tmp_path, capsys):
     assert sorted(r.data.tags[OUTCOME_TAG] for r in jobs) == ["completed", "diverged"]
     assert {r.info.status for r in jobs} == {"FINISHED"} and parent.info.status == "FINISHED"
     assert "2 jobs: 2 run, 0 resumed, 0 skipped (already finished); 1 diverged" in capsys.readouterr().out
+
+
+def test_a_non_finite_parameter_with_a_finite_loss_is_divergence_caused_by_the_parameters(store):
+    # The overflow is injected before the divergence check of the same chunk runs (callbacks run in order).
+    overrides = (
+        "callbacks.divergence=null",
+        "+callbacks.overflow={_target_:tests.helpers.OverflowParameterAt,step:20}",
+        "+callbacks.divergence_check={_target_:bnrepro.callbacks.divergence.DivergenceStop}",
+    )
+    train(compose_config(*overrides, "trainer.max_steps=100", *QUICK), JobInfo())
+    (run,) = runs(store)
+    assert run.data.tags[OUTCOME_TAG] == "diverged" and run.data.tags[DIVERGED_STEP_TAG] == "20"
+    assert "a parameter is not finite" in run.data.tags[FAILURE_TAG]

@@ -5,13 +5,18 @@ import functools
 import lightning as L
 import pytest
 import torch
+from conftest import QUICK, compose_config
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from bnrepro.callbacks.population import PopulationEvaluation, population_batches
+from bnrepro.config import ConfigError, validate
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
 from bnrepro.nn.population import population_statistics
-from tests.test_diagnostics import RandomDigits, RecordingLogger
+from bnrepro.run import train
+from bnrepro.tracking.job import JobInfo
+from tests.helpers import RandomDigits, RecordingLogger
 
 STEPS_PER_BATCH, EVAL_EVERY, MAX_STEPS, BATCHES = 5, 10, 20, 4
 
@@ -86,3 +91,17 @@ def test_every_rank_gets_the_same_number_of_batches_and_together_they_are_disjoi
     assert [len(share) for share in shares] == [3, 3]
     values = torch.cat([batch for share in shares for batch in share]).squeeze(1).tolist()
     assert len(set(values)) == len(values) == 24
+
+
+def test_norm_inference_population_logs_both_accuracies_in_the_tracked_run(store):
+    cfg = compose_config("norm.inference=population", "norm.population_batches=4", "trainer.max_steps=20", *QUICK)
+    train(cfg, JobInfo())
+    client = MlflowClient(store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {"val/acc", "val_population/acc"} <= set(run.data.metrics)
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "val_population/acc")] == [10, 20]
+
+
+def test_population_inference_without_bn_layers_is_refused():
+    with pytest.raises(ConfigError, match="norm.inference=population needs BN layers"):
+        validate(compose_config("norm=none", "norm.inference=population"))

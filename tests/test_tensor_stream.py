@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers.logger import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -22,6 +21,7 @@ from bnrepro.data.tensor_stream import EvalBatches, StepStream, epoch_permutatio
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
 from bnrepro.tracking.metrics import MLflowMetricsLogger
+from tests.helpers import RecordingLogger
 
 # The module tests train without a validation split.
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
@@ -154,20 +154,6 @@ def test_evaluation_blocks_of_the_ranks_partition_the_split_in_order():
 
 
 # --- the module on chunks vs a plain loop over a DataLoader ----------------------------------------
-class RecordingLogger(Logger):
-    name, version = "recording", "0"
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[int, dict[str, float]]] = []
-
-    def log_metrics(self, metrics, step=None):
-        self.calls.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-
 NUM, BATCH, CHUNK, STEPS, LR = 64, 8, 5, 20, 0.5
 
 

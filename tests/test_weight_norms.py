@@ -10,7 +10,7 @@ from torch import nn
 from bnrepro.callbacks.weight_norms import BatchNormInputs, WeightNorms, weight_and_gradient_norms
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
-from tests.test_diagnostics import RandomDigits, RecordingLogger
+from tests.helpers import RandomDigits, RecordingLogger
 
 EVERY, MAX_STEPS = 5, 20
 

@@ -36,6 +36,16 @@ class NormKind(Choice):
     none = "none"  # the paper's baselines
 
 
+class Inference(Choice):
+    running = "running"  # torch's moving averages of the mini-batch statistics
+    population = "population"  # Algorithm 2 (steps 8-11): statistics recomputed with frozen weights
+
+
+class PopulationAt(Choice):
+    every = "every"  # at every evaluation
+    final = "final"  # only at the evaluation of the last step
+
+
 class Activation(Choice):
     relu = "relu"
     sigmoid = "sigmoid"  # Sec. 4.1's MNIST net; BN-x5-Sigmoid (Sec. 4.2.2)
@@ -120,6 +130,11 @@ class NormConfig:
     per_activation: Any = None
     per_feature_map: Any = None
     sync: bool = True  # under DDP, BN statistics over the global batch (all ranks); no effect on one process
+    # Evaluation statistics: `population` also evaluates with Algorithm 2's estimates over
+    # `population_batches` training mini-batches, logged as val_population/* beside val/*.
+    inference: Inference = Inference.running
+    population_batches: int = 100
+    population_at: PopulationAt = PopulationAt.every
 
 
 @dataclass
@@ -353,6 +368,7 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.optim.decay_speedup >= 1, "optim.decay_speedup must be >= 1")
     _require(0 <= cfg.reg.dropout < 1, f"reg.dropout must be in [0, 1), got {cfg.reg.dropout}")
     _validate_loop(cfg)
+    _validate_inference(cfg.norm)
     _validate_reliability(cfg)
     low, high = SEED_RANGE
     _require(low <= cfg.seed <= high, f"seed must be in [{low}, {high}] (numpy's seed range), got {cfg.seed}")
@@ -481,6 +497,13 @@ def _reject_unknown_keys(node: DictConfig, path: str = "") -> None:
         child = node.get(key)
         if isinstance(child, DictConfig):
             _reject_unknown_keys(child, f"{path}{key}.")
+
+
+def _validate_inference(norm: DictConfig) -> None:
+    if norm.inference != Inference.population:
+        return
+    _require(norm.kind == NormKind.bn, "norm.inference=population needs BN layers: use norm=bn")
+    _require(norm.population_batches >= 1, f"norm.population_batches must be >= 1, got {norm.population_batches}")
 
 
 def _validate_loop(cfg: DictConfig) -> None:

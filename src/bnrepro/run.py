@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, checkpoint_dir, last_checkpoint
 from bnrepro.callbacks.divergence import Diverged
-from bnrepro.config import ConfigError, validate, validate_machine
+from bnrepro.callbacks.population import PopulationEvaluation
+from bnrepro.config import ConfigError, Inference, validate, validate_machine
 from bnrepro.data.errors import DatasetError
 from bnrepro.lifecycle.distributed import (
     DeviceSlot,
@@ -113,6 +114,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     # A resumed plan names the run to reopen; a fresh one has no run id.
     with open_run(cfg, job, identity, plan.run_id) as run, job_processes(cfg, ranks_job(job, plan), run.abandon):
         callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+        if cfg.norm.inference == Inference.population:
+            callbacks.append(PopulationEvaluation(cfg.norm.population_batches, cfg.norm.population_at, cfg.seed))
         callbacks = prepare_checkpointing(callbacks, plan, run.run_id, identity, output_dir)
         trainer = build_trainer(cfg, run.logger, [*callbacks, GracefulStop()], datamodule.steps_per_batch, output_dir)
         net = instantiate(cfg.model.net, num_classes=datamodule.num_classes)

@@ -29,11 +29,17 @@ import itertools
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+# The one place this project uses a private torch name. torch 2.14: the public BN classes each fix the input
+# rank (BatchNorm1d 2-3-d, BatchNorm2d 4-d), and DistributedDataParallel refuses a torch.nn.SyncBatchNorm
+# subclass on CPU ("SyncBatchNorm layers only work with GPU modules"); _BatchNorm is their shared base for
+# any (N, C, *) input.
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class DistributedBatchNorm(_BatchNorm):
     """BatchNorm over any input of shape (N, C, *) whose training statistics span all ranks.
+
 
     Drop-in for torch.nn.BatchNorm1d/2d/3d (same arguments, buffers and state dict) that also
     works on CPU. `process_group` selects the ranks sharing statistics (None: the default group).
@@ -55,7 +61,7 @@ class DistributedBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.process_group = process_group
 
-    def _check_input_dim(self, input: Tensor) -> None:
+    def _check_input_dim(self, input: Tensor) -> None:  # _BatchNorm's hook: any (N, C, *) input
         if input.dim() < 2:
             raise ValueError(f"expected input of shape (N, C, *), got {input.dim()}-d input")
 
@@ -181,16 +187,20 @@ def _device_type_of(module: nn.Module) -> str:
     return first.device.type if first is not None else "cpu"
 
 
+# torch's public per-process BN classes (their common base, _BatchNorm, is private).
+PER_PROCESS_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def _swap_batchnorms(module: nn.Module, process_group: dist.ProcessGroup | None) -> nn.Module:
     converted = module
-    if isinstance(module, _BatchNorm) and not isinstance(module, (DistributedBatchNorm, nn.SyncBatchNorm)):
+    if isinstance(module, PER_PROCESS_BATCHNORMS):
         converted = _distributed_twin(module, process_group)
     for name, child in module.named_children():
         converted.add_module(name, _swap_batchnorms(child, process_group))
     return converted
 
 
-def _distributed_twin(bn: _BatchNorm, process_group: dist.ProcessGroup | None) -> DistributedBatchNorm:
+def _distributed_twin(bn: nn.Module, process_group: dist.ProcessGroup | None) -> DistributedBatchNorm:
     # Built on the meta device: every tensor is then replaced by `bn`'s own, keeping its
     # device, dtype and requires_grad.
     twin = DistributedBatchNorm(
