@@ -24,6 +24,7 @@ class StopAtStep(GracefulStop):
         if trainer.global_step == self.step and self.action in ("sigterm", "sigint"):
             # deferred by GracefulStop: the stop happens at the next step boundary
             os.kill(os.getpid(), signal.SIGTERM if self.action == "sigterm" else signal.SIGINT)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step and self.action == "crash":  # after step `step` was logged

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
 from bnrepro.callbacks.checkpointing import (
+    FORMAT_VERSION,
     LAST,
     CheckpointError,
     checkpoint_dir,
@@ -119,7 +120,7 @@ def test_resume_with_a_different_configuration_names_the_differing_key(store, tm
 
 def test_checkpoint_write_failure_keeps_the_previous_checkpoint_loadable(tmp_path):
     path = tmp_path / "checkpoints" / LAST
-    save_atomically({"format": 1, "global_step": 20, "weights": torch.ones(3)}, path)
+    save_atomically({"format": FORMAT_VERSION, "global_step": 20, "weights": torch.ones(3)}, path)
 
     def disk_full(obj, file, *args, **kwargs):
         file.write(b"partial bytes")
@@ -128,13 +129,13 @@ def test_checkpoint_write_failure_keeps_the_previous_checkpoint_loadable(tmp_pat
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch, "save", disk_full)
         with pytest.raises(CheckpointError, match=r"No space left on device.*previous checkpoint there is intact"):
-            save_atomically({"format": 1, "global_step": 40, "weights": torch.zeros(3)}, path)
+            save_atomically({"format": FORMAT_VERSION, "global_step": 40, "weights": torch.zeros(3)}, path)
     assert load_checkpoint(path)["global_step"] == 20
     assert [p.name for p in path.parent.iterdir()] == [LAST]  # no temporary file left behind
 
 
 def test_checkpoints_refuse_to_unpickle_code(tmp_path):
     path = tmp_path / "evil.ckpt"
-    torch.save({"format": 1, "payload": os.system}, path)  # loading this with pickle would import os.system
+    torch.save({"format": FORMAT_VERSION, "payload": os.system}, path)  # pickle would import os.system
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(path)

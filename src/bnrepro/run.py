@@ -17,7 +17,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from bnrepro.callbacks.checkpointing import CheckpointError, StepCheckpoint, checkpoint_dir, last_checkpoint
+from bnrepro.callbacks.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    StepCheckpoint,
+    checkpoint_dir,
+    last_checkpoint,
+)
 from bnrepro.callbacks.divergence import Diverged
 from bnrepro.callbacks.population import PopulationEvaluation
 from bnrepro.config import ConfigError, Inference, validate, validate_machine
@@ -135,7 +141,9 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
             }
         )
         try:
-            trainer.fit(module, datamodule=datamodule)
+            # Lightning's own restore: weights, optimizer, schedules, loop counters and the callbacks' state.
+            resume_path = last_checkpoint(output_dir) if plan.start == "resumed" else None
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True)
         except Diverged as diverged:  # a result, not a crash: the run ends FINISHED, the sweep goes on
             run.mark_diverged(diverged.step, diverged.loss, str(diverged))
             log.warning("%s: %s (tagged bnrepro.outcome=diverged)", job.name, diverged)
@@ -163,7 +171,7 @@ def skip(cfg: DictConfig, job: JobInfo, plan: StartPlan) -> dict[str, float]:
 def prepare_checkpointing(
     callbacks: list, plan: StartPlan, run_id: str | None, identity: JobIdentity, output_dir: str
 ) -> list:
-    """Tell the checkpoint callback what to store and where to resume from; without a run directory, drop it."""
+    """Tell the checkpoint callback what to store; without a run directory, drop it."""
     checkpointing = [c for c in callbacks if isinstance(c, StepCheckpoint)]
     if plan.checkpoint is not None and not checkpointing:
         raise ConfigError(
@@ -179,8 +187,6 @@ def prepare_checkpointing(
             "config": identity.config,
             "output_dir": str(output_dir),
         }
-        if plan.checkpoint is not None:
-            callback.resume_from(plan.checkpoint)
     return callbacks
 
 
@@ -225,6 +231,7 @@ def build_trainer(cfg: DictConfig, logger, callbacks: list, steps_per_batch: int
         num_sanity_val_steps=0,
         logger=logger if logger is not None else False,
         enable_checkpointing=False,
+        plugins=[AtomicCheckpointIO()],  # StepCheckpoint's files: atomic writes, weights_only reads
         enable_model_summary=False,
         callbacks=[*callbacks, *progress_bar],
         default_root_dir=output_dir or None,

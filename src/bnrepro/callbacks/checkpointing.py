@@ -1,8 +1,9 @@
 """Checkpoints every N optimizer steps (last + best), written atomically and loaded safely.
 
-A checkpoint holds everything a run needs to continue exactly where it stopped: the model
-(parameters and BN running statistics), the optimizer (momentum buffers, learning rate), the LR
-schedule, the optimizer-step counter and the RNG states (torch, CUDA, Python, NumPy). The data order
+A checkpoint is Lightning's own (`trainer.save_checkpoint`; restored by `trainer.fit(ckpt_path=...)`):
+the model (parameters and BN running statistics), the optimizer (momentum buffers, learning rate),
+the LR schedule and the loop counters, plus this callback's state (the RNG states: torch, CUDA,
+Python, NumPy; the best value) and ``format``/``meta`` (run id, identity, config). The data order
 needs nothing more: the in-memory streams are a pure function of (seed, step) (`data.tensor_stream`),
 so a run restored to step k reads exactly the batches an uninterrupted run reads after step k.
 (DataLoader-based data, e.g. ImageNet, restarts its shuffled order at the resumed step instead.)
@@ -30,16 +31,17 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from bnrepro.atomic_write import write_atomically
-from bnrepro.lifecycle.interruption import RunInterrupted
+from bnrepro.lifecycle.interruption import RunInterrupted, validation_follows
 from bnrepro.messages import cause
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.ckpt", "best.ckpt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Lightning's checkpoint dict plus our format and meta
 
 
 class CheckpointError(RuntimeError):
@@ -126,51 +128,19 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
-# --- training state ----------------------------------------------------------------------------
-def training_state(trainer: L.Trainer, module: L.LightningModule, meta: dict[str, Any]) -> dict[str, Any]:
-    """The state at a step boundary: everything `restore_training_state` needs to continue from it."""
-    return {
-        "format": FORMAT_VERSION,
-        "global_step": trainer.global_step,
-        "batches": _epoch_loop(trainer).batch_progress.total.completed,
-        "model": module.state_dict(),
-        "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
-        "schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
-        "rng": rng_states(),
-        "meta": dict(meta),
-    }
+# --- Lightning's checkpoint file ----------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with this module's file rules: atomic writes, weights_only reads.
 
-
-def restore_training_state(trainer: L.Trainer, module: L.LightningModule, state: dict[str, Any]) -> None:
-    """Load a checkpoint into a Trainer whose `fit` has set up the optimizers but not yet the data.
-
-    Lightning's own resume (`fit(ckpt_path=...)`) replays its loop bookkeeping, which assumes
-    epochs of fixed length and re-runs or skips evaluations around mid-epoch checkpoints. Here
-    the three counters the loop reads are set directly: the optimizer-step counter
-    (`global_step`, which the data stream starts from), the batch counter (evaluation
-    schedule) and the batches-that-stepped counter (logging schedule).
+    `trainer.save_checkpoint` and `trainer.fit(ckpt_path=...)` both go through the strategy's
+    CheckpointIO, so installing this one (Trainer `plugins`) is all the public wiring they need.
     """
-    module.load_state_dict(state["model"])
-    for optimizer, saved in zip(trainer.optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    for config, saved in zip(trainer.lr_scheduler_configs, state["schedulers"], strict=True):
-        config.scheduler.load_state_dict(saved)
-    step, batches = int(state["global_step"]), int(state["batches"])
-    loop = _epoch_loop(trainer)
-    if module.automatic_optimization:
-        raise CheckpointError("resuming supports manual optimization only (bnrepro.module.Classifier)")
-    steps = loop.manual_optimization.optim_step_progress.total
-    steps.ready = steps.completed = step
-    progress = loop.batch_progress.total
-    progress.ready = progress.started = progress.processed = progress.completed = batches
-    loop._batches_that_stepped = batches
-    if trainer.global_step != step:  # a Lightning upgrade moved the counters: fail loudly, never silently
-        raise CheckpointError(f"could not restore the step counter (wanted {step}, got {trainer.global_step})")
-    restore_rng_states(state["rng"])
 
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        save_atomically(checkpoint, Path(path))
 
-def _epoch_loop(trainer: L.Trainer):
-    return trainer.fit_loop.epoch_loop
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint(path)
 
 
 def _flush_loggers(trainer: L.Trainer) -> None:
@@ -185,9 +155,9 @@ class StepCheckpoint(L.Callback):
     """Saves last.ckpt every `every_n_steps` optimizer steps and best.ckpt at the best evaluation.
 
     `every_n_steps` must be a multiple of the data's steps_per_batch (config.validate checks it);
-    0 saves only when training ends or is interrupted. `resume_from(state)` (set by run.py before
-    `fit`) restores a loaded checkpoint when `fit` starts. `meta` (run id, identity, config) is
-    stored in every checkpoint so a run can be found again from its directory alone.
+    0 saves only when training ends or is interrupted. run.py resumes by passing last.ckpt to
+    `fit(ckpt_path=...)`, which restores this callback through `load_state_dict`. `meta` (run id,
+    identity, config) is stored in every checkpoint so a run can be found again from its directory alone.
     """
 
     def __init__(self, every_n_steps: int = 1000, monitor: str | None = "val/acc", mode: str = "max"):
@@ -198,13 +168,21 @@ class StepCheckpoint(L.Callback):
         self.every_n_steps, self.monitor, self.mode = every_n_steps, monitor, mode
         self.meta: dict[str, Any] = {}
         self.best_value: float | None = None
-        self._resume_state: dict[str, Any] | None = None
+        self._resume_rng: dict[str, Any] | None = None
         self._saved_step: int | None = None
         self._directory: Path | None = None
 
-    def resume_from(self, state: dict[str, Any]) -> None:
-        self._resume_state = state
-        self.best_value = state["meta"].get("best_value")
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning saves no RNG states; the next step's dropout/shuffling draws need them.
+        return {"best_value": self.best_value, "rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_value = state_dict["best_value"]
+        self._resume_rng = state_dict["rng"]
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["format"] = FORMAT_VERSION
+        checkpoint["meta"] = {**self.meta, "best_value": self.best_value, "monitor": self.monitor}
 
     @property
     def directory(self) -> Path:
@@ -215,19 +193,35 @@ class StepCheckpoint(L.Callback):
         self._directory = checkpoint_dir(trainer.default_root_dir)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._resume_state is not None:
-            restore_training_state(trainer, pl_module, self._resume_state)
-            log.info("resumed at step %d from %s", trainer.global_step, self.directory / LAST)
-            self._resume_state = None  # free the memory; the live objects hold the state now
-        self._saved_step = trainer.global_step  # nothing new to save before the next step
+        # Lightning restores the callbacks' state before on_fit_start and nothing draws random numbers
+        # between here and the first step, so the RNGs continue exactly where the checkpoint left them.
+        if self._resume_rng is not None:
+            restore_rng_states(self._resume_rng)
+            self._resume_rng = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_step = trainer.global_step  # (restored by now) nothing new to save before the next step
+
+    # Lightning's restore (`fit(ckpt_path=...)`) expects a mid-epoch checkpoint taken after a batch, or
+    # after the validation that follows it: saved earlier or later, the loop would count a batch twice
+    # or skip an evaluation.
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._at_interval(trainer) and not validation_follows(trainer, batch_idx):
             self.save_last(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor is None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._save_best(trainer, pl_module)
+        if self._at_interval(trainer):
+            self.save_last(trainer, pl_module)
+
+    def _at_interval(self, trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        return bool(self.every_n_steps) and step > 0 and step % self.every_n_steps == 0
+
+    def _save_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor is None:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
@@ -254,8 +248,6 @@ class StepCheckpoint(L.Callback):
         self._saved_step = trainer.global_step
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        meta = {**self.meta, "best_value": self.best_value, "monitor": self.monitor}
-        save_atomically(training_state(trainer, pl_module, meta), self.directory / name)
+        # Every rank calls it (it ends in a barrier); the strategy writes on rank 0 only.
+        trainer.save_checkpoint(self.directory / name)
         log.debug("saved %s at step %d", name, trainer.global_step)

@@ -75,6 +75,8 @@ class InMemoryDataModule(L.LightningDataModule):
             start_step=lambda: trainer.global_step,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            # One Lightning epoch runs from step 0 to max_steps; a resumed run continues that epoch.
+            epoch_start_step=lambda: 0,
         )
 
     def val_dataloader(self) -> EvalBatches:

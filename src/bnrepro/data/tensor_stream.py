@@ -45,19 +45,31 @@ class StepStream:
         start_step: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
+        epoch_start_step: Callable[[], int] | None = None,
     ):
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.steps_per_batch = batch_size, steps_per_batch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.total_steps, self.start_step = total_steps, start_step
+        self.epoch_start_step = epoch_start_step or start_step
         self.steps_per_epoch = (len(targets) // world_size) // batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(targets)} samples over {world_size} rank(s) cannot fill one batch of {batch_size}")
         self._epoch, self._order = -1, None
 
     def __len__(self) -> int:
-        remaining = max(self.total_steps() - self.start_step(), 0)
+        """Chunks from `epoch_start_step()`: Lightning, resuming mid-epoch, counts the chunks it already ran
+        against this length, so then it must include them although iteration starts at `start_step()`."""
+        remaining = max(self.total_steps() - self.epoch_start_step(), 0)
         return -(-remaining // self.steps_per_batch)
+
+    # Lightning's resumable-loader interface: the position is `start_step()` (the trainer's global step,
+    # restored from the checkpoint), so there is nothing more to save.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         step, end = self.start_step(), self.total_steps()

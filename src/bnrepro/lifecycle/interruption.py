@@ -78,6 +78,12 @@ def interruptible() -> Iterator[None]:
         _state.received, _state.deferred = None, False
 
 
+def validation_follows(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the Trainer validates after training batch `batch_idx` (integer `val_check_interval`)."""
+    interval = trainer.val_check_interval
+    return isinstance(interval, int) and (batch_idx + 1) % interval == 0
+
+
 class GracefulStop(L.Callback):
     """Defers SIGINT/SIGTERM during training to the next chunk boundary (see the module docstring).
 
@@ -95,8 +101,15 @@ class GracefulStop(L.Callback):
         # Outside training a signal raises at once, so nothing received before now is still pending.
         _state.received, _state.deferred = None, True
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        self._stop_if_asked(trainer)
+    # A stop raises where Lightning's restore expects a checkpoint: after the batch, or after the
+    # validation that follows it (see `validation_follows`).
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not validation_follows(trainer, batch_idx):
+            self._stop_if_asked(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop_if_asked(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_if_asked(trainer)  # a signal during the last chunk still ends the run KILLED
