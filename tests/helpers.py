@@ -1,9 +1,13 @@
 """Test helpers shared by several test modules (so that no test module imports another)."""
 
+import gzip
 import os
 import signal
+import struct
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers.logger import Logger
 
@@ -70,3 +74,41 @@ class RandomDigits(InMemoryDataModule):
         generator = torch.Generator().manual_seed(0)
         make = lambda n: Split(torch.rand(n, 12, generator=generator), torch.randint(0, 3, (n,), generator=generator))  # noqa: E731
         return make(40), make(30)
+
+
+# --- tiny data sets in the files' real formats -----------------------------------------------------
+FASHION_TRAIN, FASHION_TEST = 40, 12
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """Write `array` (uint8) in the IDX format MNIST ships in (magic, dimensions, raw bytes); `.gz` if `compress`."""
+    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as file:
+            file.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def write_mnist_raw(root: Path, train: int, test: int, seed: int = 0) -> Path:
+    """A synthetic MNIST in torchvision's raw layout (<root>/MNIST/raw/*-ubyte) with the given split sizes."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for prefix, count in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count))
+    return root
+
+
+def write_fashion_mnist(
+    root: Path, train: int = FASHION_TRAIN, test: int = FASHION_TEST, compress: bool = True, seed: int = 0
+) -> Path:
+    """Debian's layout: <root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, 28x28 uint8 images."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, count in (("train", train), ("t10k", test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), compress)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10, compress)
+    return root

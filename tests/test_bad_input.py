@@ -14,10 +14,10 @@ from cli_inprocess import cli
 from conftest import QUICK
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from test_mnist_data import write_mnist_raw
 
 from bnrepro.callbacks import checkpointing
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
+from tests.helpers import write_mnist_raw
 
 SHORT = ("trainer.max_steps=20", *QUICK)
 

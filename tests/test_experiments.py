@@ -12,12 +12,12 @@ import torch
 from conftest import ROOT, compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_fashion_mnist import write_fashion_mnist
 
 from bnrepro.config import validate
 from bnrepro.module import Classifier
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
+from tests.helpers import write_fashion_mnist
 
 FIGURE3 = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")
 EXTRA_RUNS = ("inception_x5", "inception_sigmoid")  # the paper's diverging and non-training runs

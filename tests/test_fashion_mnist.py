@@ -1,37 +1,15 @@
 """Fashion-MNIST as (C, H, W) images for the BN-Inception proxy: IDX files written by the tests."""
 
-import gzip
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from bnrepro.data.errors import DatasetError
 from bnrepro.data.fashion_mnist import FashionMNISTDataModule, read_idx
-
-TRAIN, TEST = 40, 12
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as file:
-            file.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def write_fashion_mnist(root: Path, train: int = TRAIN, test: int = TEST, compress: bool = True, seed: int = 0) -> Path:
-    """Debian's layout: <root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, 28x28 uint8 images."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, count in (("train", train), ("t10k", test)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), compress)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10, compress)
-    return root
+from tests.helpers import FASHION_TEST as TEST
+from tests.helpers import FASHION_TRAIN as TRAIN
+from tests.helpers import write_fashion_mnist
 
 
 def splits(root: Path, **kwargs):

@@ -1,35 +1,16 @@
 """MNIST data modules: the official IDX layout with 60k/10k semantics, and the offline mnist_mini split."""
 
 import gzip
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from bnrepro.data.errors import DatasetError
 from bnrepro.data.mnist import MNISTDataModule, MNISTMiniDataModule, stratified_test_mask
+from tests.helpers import write_mnist_raw
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write `array` (uint8) in the IDX format MNIST ships in: magic, dimensions, raw bytes."""
-    magic = 0x0800 | array.ndim
-    header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def write_mnist_raw(root: Path, train: int, test: int, seed: int = 0) -> Path:
-    """A synthetic MNIST in torchvision's raw layout (<root>/MNIST/raw/*-ubyte) with the given split sizes."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for prefix, count in (("train", train), ("t10k", test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -105,3 +105,11 @@ def test_norm_inference_population_logs_both_accuracies_in_the_tracked_run(store
 def test_population_inference_without_bn_layers_is_refused():
     with pytest.raises(ConfigError, match="norm.inference=population needs BN layers"):
         validate(compose_config("norm=none", "norm.inference=population"))
+
+
+def test_population_inference_on_data_streamed_from_files_is_refused_before_a_run(store):
+    cfg = compose_config("experiment=bn_x5", "data=fake_imagenet", "norm.inference=population", *QUICK)
+    with pytest.raises(ConfigError, match="needs an in-memory training split"):
+        train(cfg, JobInfo())
+    client = MlflowClient(store)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

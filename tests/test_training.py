@@ -3,11 +3,11 @@
 import pytest
 from conftest import QUICK, compose_config
 from mlflow.tracking import MlflowClient
-from test_mnist_data import write_mnist_raw
 
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.tags import EVAL_EXAMPLES_PARAM, FAILURE_TAG
+from tests.helpers import write_mnist_raw
 
 
 def only_run(store: str):

@@ -28,6 +28,7 @@ from bnrepro.callbacks.divergence import Diverged
 from bnrepro.callbacks.population import PopulationEvaluation
 from bnrepro.config import ConfigError, Inference, validate, validate_machine
 from bnrepro.data.errors import DatasetError
+from bnrepro.data.in_memory import InMemoryDataModule
 from bnrepro.lifecycle.distributed import (
     DeviceSlot,
     RankProcesses,
@@ -112,6 +113,12 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing data fails here, before a run is opened
+    if cfg.norm.inference == Inference.population and not isinstance(datamodule, InMemoryDataModule):
+        # PopulationEvaluation draws its mini-batches from an in-memory training split.
+        raise ConfigError(
+            "norm.inference=population needs an in-memory training split (data=mnist, mnist_mini, fashion_mnist); "
+            f"data={cfg.data._target_.rsplit('.', 1)[-1]} streams from files: use norm.inference=running"
+        )
     ddp = is_ddp(cfg.trainer.strategy)
     if ddp:
         # DDP syncs gradients only in the backward that follows a forward through its wrapper,
