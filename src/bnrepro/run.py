@@ -117,7 +117,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         # PopulationEvaluation draws its mini-batches from an in-memory training split.
         raise ConfigError(
             "norm.inference=population needs an in-memory training split (data=mnist, mnist_mini, fashion_mnist); "
-            f"{type(datamodule).__name__} streams from files: use norm.inference=running"
+            f"{type(datamodule).__name__} feeds batches through a DataLoader: use norm.inference=running"
         )
     ddp = is_ddp(cfg.trainer.strategy)
     if ddp:
