@@ -249,5 +249,5 @@ class StepCheckpoint(L.Callback):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         # Every rank calls it (it ends in a barrier); the strategy writes on rank 0 only.
-        trainer.save_checkpoint(self.directory / name)
+        trainer.save_checkpoint(self.directory / name, weights_only=False)  # the full training state, to resume
         log.debug("saved %s at step %d", name, trainer.global_step)
