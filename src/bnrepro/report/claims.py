@@ -76,38 +76,10 @@ class Protocol:
 
 
 @dataclass
-class ClaimEntry:
-    """The schema of one entry of claims.yaml (types and known fields checked by OmegaConf)."""
+class ClaimOptions:
+    """A claim's optional fields, shared by the file's schema (ClaimEntry) and the registry's record (Claim)."""
 
-    id: str = MISSING
-    paper: str = MISSING
-    comparison: str = MISSING
-    configurations: list[dict[str, Any]] = MISSING
     source: str = ""
-    experiment: Any = None  # an experiment tag or a list of them
-    metric: dict[str, Any] | None = None
-    better: str = "higher"
-    at_least: float | None = None
-    at_most: float | None = None
-    tolerance: float = 0.0
-    min_seeds: int = MIN_SEEDS_FOR_A_VERDICT
-    scale: str = "any"
-    full_scale: dict[str, Any] | None = None
-    published: Any = None
-    protocol: Protocol = field(default_factory=Protocol)
-    scale_free: bool = False
-    margin: float | None = None
-
-
-# --- the registry ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    paper: str
-    source: str
-    experiments: tuple[str, ...]  # empty: any experiment
-    comparison: str
-    configurations: tuple[dict[str, Any], ...]
     metric: dict[str, Any] | None = None
     better: str = "higher"  # ordering: "higher" or "lower" values win
     at_least: float | None = None
@@ -120,6 +92,29 @@ class Claim:
     protocol: Protocol = field(default_factory=Protocol)
     scale_free: bool = False  # judged on shorter runs too, labelled with the step they ended at
     margin: float | None = None  # equivalent: the largest difference that still counts as equal
+
+
+@dataclass
+class ClaimEntry(ClaimOptions):
+    """The schema of one entry of claims.yaml (types and known fields checked by OmegaConf)."""
+
+    id: str = MISSING
+    paper: str = MISSING
+    comparison: str = MISSING
+    configurations: list[dict[str, Any]] = MISSING
+    experiment: Any = None  # an experiment tag or a list of them
+
+
+# --- the registry ------------------------------------------------------------------------------
+@dataclass
+class Claim(ClaimOptions):
+    """One claim as the report judges it: ClaimEntry with its experiments and configurations as tuples."""
+
+    id: str = ""
+    paper: str = ""
+    comparison: str = ""
+    experiments: tuple[str, ...] = ()  # empty: any experiment
+    configurations: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
