@@ -112,3 +112,22 @@ def write_fashion_mnist(
         write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), compress)
         write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10, compress)
     return root
+
+
+def quiet_trainer(max_steps: int, logger, callbacks: list, eval_every_batches: int | None = None) -> L.Trainer:
+    """A CPU Trainer for callback tests: no checkpoints, bar or summary; evaluation every n batches, or none."""
+    evaluation = (
+        {"val_check_interval": eval_every_batches, "check_val_every_n_epoch": None}
+        if eval_every_batches
+        else {"limit_val_batches": 0}
+    )
+    return L.Trainer(
+        max_steps=max_steps,
+        logger=logger,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **evaluation,
+    )

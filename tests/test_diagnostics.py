@@ -12,7 +12,7 @@ from bnrepro.callbacks import diagnostics
 from bnrepro.callbacks.diagnostics import CovariateShiftDiagnostics, choose_units, compute_percentiles, unit_columns
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
-from tests.helpers import RandomDigits, RecordingLogger
+from tests.helpers import RandomDigits, RecordingLogger, quiet_trainer
 
 STEPS_PER_BATCH, EVAL_EVERY, MAX_STEPS = 5, 10, 20
 
@@ -38,17 +38,7 @@ def trained(request):
     module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1, momentum=0.0), num_classes=3)
     data = RandomDigits(batch_size=4, eval_batch_size=8, steps_per_batch=STEPS_PER_BATCH)
     callback, probe, logger = CovariateShiftDiagnostics(units=3, unit_seed=1), HookProbe(), RecordingLogger()
-    trainer = L.Trainer(
-        max_steps=MAX_STEPS,
-        val_check_interval=EVAL_EVERY // STEPS_PER_BATCH,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        logger=logger,
-        callbacks=[callback, probe],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(MAX_STEPS, logger, [callback, probe], eval_every_batches=EVAL_EVERY // STEPS_PER_BATCH)
     trainer.fit(module, datamodule=data)
     return module, data, callback, probe, logger
 

@@ -2,7 +2,6 @@
 
 import functools
 
-import lightning as L
 import pytest
 import torch
 from conftest import QUICK, compose_config
@@ -16,7 +15,7 @@ from bnrepro.module import Classifier
 from bnrepro.nn.population import population_statistics
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
-from tests.helpers import RandomDigits, RecordingLogger
+from tests.helpers import RandomDigits, RecordingLogger, quiet_trainer
 
 STEPS_PER_BATCH, EVAL_EVERY, MAX_STEPS, BATCHES = 5, 10, 20, 4
 
@@ -26,17 +25,7 @@ def fit(callbacks):
     net = MLP(num_classes=3, in_features=12, widths=(8, 6), norm_layer=nn.BatchNorm1d)
     module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), num_classes=3)
     data, logger = RandomDigits(batch_size=4, eval_batch_size=8, steps_per_batch=STEPS_PER_BATCH), RecordingLogger()
-    trainer = L.Trainer(
-        max_steps=MAX_STEPS,
-        val_check_interval=EVAL_EVERY // STEPS_PER_BATCH,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(MAX_STEPS, logger, callbacks, eval_every_batches=EVAL_EVERY // STEPS_PER_BATCH)
     trainer.fit(module, datamodule=data)
     return module, data, logger
 

@@ -10,7 +10,7 @@ from torch import nn
 from bnrepro.callbacks.weight_norms import BatchNormInputs, WeightNorms, weight_and_gradient_norms
 from bnrepro.models.mlp import MLP
 from bnrepro.module import Classifier
-from tests.helpers import RandomDigits, RecordingLogger
+from tests.helpers import RandomDigits, RecordingLogger, quiet_trainer
 
 EVERY, MAX_STEPS = 5, 20
 
@@ -35,15 +35,7 @@ def fitted(request):
     net = MLP(num_classes=3, in_features=12, widths=(8, 6), norm_layer=request.param)
     module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1, momentum=0.0), num_classes=3)
     callback, probe, logger = WeightNorms(every_n_steps=EVERY), GradientProbe(), RecordingLogger()
-    trainer = L.Trainer(
-        max_steps=MAX_STEPS,
-        limit_val_batches=0,
-        logger=logger,
-        callbacks=[callback, probe],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(MAX_STEPS, logger, [callback, probe])
     trainer.fit(module, datamodule=RandomDigits(batch_size=4, eval_batch_size=8, steps_per_batch=1))
     return request.param, callback, probe, logger
 
