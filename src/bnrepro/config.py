@@ -287,7 +287,7 @@ class TrainConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)
     # Where to continue from: a run id, a run's output directory, or "auto" (the checkpoint of an
     # unfinished run with this job's identity; skip if one already FINISHED). null: "auto" for the
-    # jobs of a multirun, a fresh run otherwise. See bnrepro.resume.
+    # jobs of a multirun, a fresh run otherwise. See bnrepro.lifecycle.resume.
     resume: str | None = None
     rerun: bool = False  # true: always start a fresh run, even if an identical one finished or can be resumed
 
@@ -445,7 +445,7 @@ def _is_device_list(devices: Any) -> bool:
 
 
 def _validate_reliability(cfg: DictConfig) -> None:
-    """Checkpoint interval, divergence bound, heartbeat and resume settings (bnrepro.resume)."""
+    """Checkpoint interval, divergence bound, heartbeat and resume settings (bnrepro.lifecycle.resume)."""
     chunk = cfg.data.get("steps_per_batch", 1)
     checkpoint = cfg.callbacks.get("checkpoint")
     if checkpoint is not None:

@@ -6,8 +6,8 @@ Trainer's fixed per-batch cost is paid once per K steps while `global_step` stil
 optimizer step. Metrics are logged against `global_step` (the optimizer step), never the chunk index.
 
 The module does no per-step host work: the training loss is summed on the device and written to
-the loggers once per logging interval (``trainer.log_every_n_steps`` chunks, i.e. that many times
-the chunk length in optimizer steps), as the mean over the interval, with one device sync. (The
+the loggers once per logging interval (the Trainer's ``log_every_n_steps`` chunks, set from
+``loop.log_every_n_steps`` optimizer steps), as the mean over the interval, with one device sync. (The
 default divergence check, `callbacks.divergence`, reads each chunk's mean loss: one sync per chunk.)
 
 Each SGD step goes through Lightning's public manual-optimization API (`manual_backward`,

@@ -180,7 +180,7 @@ def prepare_checkpointing(
 ) -> list:
     """Tell the checkpoint callback what to store; without a run directory, drop it."""
     checkpointing = [c for c in callbacks if isinstance(c, StepCheckpoint)]
-    if plan.checkpoint is not None and not checkpointing:
+    if plan.start == "resumed" and not checkpointing:
         raise ConfigError(
             "resuming needs the checkpoint callback, but callbacks.checkpoint is null: remove that override"
         )

@@ -30,7 +30,6 @@ class Diverged(Exception):
 
     def __init__(self, step: int, loss: float, bound: float | None = None, parameters_finite: bool = True):
         self.step, self.loss, self.bound = step, loss, bound
-        self.cause = "loss" if parameters_finite else "parameters"
         if not parameters_finite:
             super().__init__(f"training diverged at step {step}: a parameter is not finite (loss {loss})")
             return

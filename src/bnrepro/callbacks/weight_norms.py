@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from bnrepro.nn.population import BATCHNORM_TYPES
+from bnrepro.nn.batchnorm import BATCHNORM_TYPES
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

@@ -16,7 +16,7 @@ error naming the differing keys. A different code version only warns.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class StartPlan:
     start: str  # "fresh" | "resumed" | "skipped"
     run_id: str | None = None  # resumed: the run to reopen; skipped: the finished run
     output_dir: str | None = None  # resumed: the directory whose checkpoints continue
-    checkpoint: dict[str, Any] | None = field(default=None, repr=False)  # resumed: the loaded state
 
 
 FRESH = StartPlan("fresh")
@@ -91,7 +90,7 @@ def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
             continue
         if state["meta"].get("identity") != identity.digest:
             continue
-        return StartPlan("resumed", run.info.run_id, output_dir, state)
+        return StartPlan("resumed", run.info.run_id, output_dir)
     return FRESH
 
 
@@ -113,7 +112,7 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
                 "set MLFLOW_TRACKING_URI to the store it was tracked in, or resume untracked with logger=none"
             )
         _check_resumable(run, f"resume={directory}")
-    return StartPlan("resumed", run_id if is_tracked(cfg) else None, str(directory.resolve()), state)
+    return StartPlan("resumed", run_id if is_tracked(cfg) else None, str(directory.resolve()))
 
 
 def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPlan:
@@ -135,7 +134,8 @@ def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPl
             f"resume={run_id}: the run saved no checkpoint (looked in {output_dir or '?'}/checkpoints); "
             "start a new run (rerun=true)"
         )
-    return StartPlan("resumed", run_id, output_dir, _load_same_job(path, identity, f"resume={run_id}"))
+    _load_same_job(path, identity, f"resume={run_id}")
+    return StartPlan("resumed", run_id, output_dir)
 
 
 def _run_checkpoint(run) -> tuple[str | None, Path | None]:

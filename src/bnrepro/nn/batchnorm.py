@@ -9,14 +9,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+from bnrepro.nn.sync_batchnorm import DistributedBatchNorm
+
 NormLayer = Callable[[int], nn.Module]
 
 
-def batchnorm_classes(module: nn.Module) -> str:
-    """The BN implementations inside `module` ("none" without BN), by class name: shows whether BN was synchronized.
+# Every BN layer class a network here may hold (torch's shared base class, _BatchNorm, is private).
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, DistributedBatchNorm)
 
-    By name because torch has no public base class shared by BatchNorm1d/2d/3d, SyncBatchNorm and
-    bnrepro's DistributedBatchNorm.
-    """
-    names = {type(m).__name__ for m in module.modules() if "BatchNorm" in type(m).__name__}
+
+def batchnorm_classes(module: nn.Module) -> str:
+    """The BN implementations inside `module` ("none" without BN): shows whether BN was synchronized."""
+    names = {type(m).__name__ for m in module.modules() if isinstance(m, BATCHNORM_TYPES)}
     return ",".join(sorted(names)) or "none"

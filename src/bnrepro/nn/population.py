@@ -27,15 +27,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bnrepro.nn.sync_batchnorm import DistributedBatchNorm
+from bnrepro.nn.batchnorm import BATCHNORM_TYPES
 
 ACCUMULATOR = torch.float64  # sums over many batches; the estimates are cast to the buffers' dtype
 
 
 # Named public classes only (their common base class is private in torch 2.x).
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, DistributedBatchNorm)
-
-
 def batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every BN layer that keeps running statistics (torch's BatchNorm*d, SyncBatchNorm, the CPU sync BN)."""
     return {

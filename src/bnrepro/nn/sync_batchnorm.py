@@ -33,7 +33,7 @@ from torch import Tensor, nn
 # The one place this project uses a private torch name. torch 2.14: the public BN classes each fix the input
 # rank (BatchNorm1d 2-3-d, BatchNorm2d 4-d), and DistributedDataParallel refuses a torch.nn.SyncBatchNorm
 # subclass on CPU ("SyncBatchNorm layers only work with GPU modules"); _BatchNorm is their shared base for
-# any (N, C, *) input.
+# any (N, C, *) input, whose `_check_input_dim` hook this class overrides to accept it.
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
