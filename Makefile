@@ -20,7 +20,8 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 IMAGENET_DIR_ARG := $(if $(filter-out data/imagenet,$(IMAGENET_DIR)),data.data_dir=$(IMAGENET_DIR))
 FASHION_MNIST_DIR_ARG := $(if $(filter-out /usr/share/datasets/fashion-mnist,$(FASHION_MNIST_DIR)),data.data_dir=$(FASHION_MNIST_DIR))
 
-.PHONY: help install test test-slow lint demo train ui clean reproduce-mnist report reproduce-imagenet reproduce-proxy reproduce \
+.PHONY: help install test test-slow lint demo train ui clean reproduce-mnist reproduce-mnist-grid \
+	reproduce-mnist-headline reproduce-fashion report reproduce-imagenet reproduce-proxy reproduce \
 	bench-inception bench
 
 install: $(STAMP) ## Create .venv and install the package with its dev extras (again when pyproject.toml changes)
@@ -46,7 +47,7 @@ lint: $(STAMP) ## ruff: lint, and check the formatting, of the whole tree
 # Every target with a `## ` description on its line, in the order of this file.
 help: ## List the targets, one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## /\1\t/' \
-		| awk -F '\t' '{printf "  %-20s %s\n", $$1, $$2}'
+		| awk -F '\t' '{printf "  %-26s %s\n", $$1, $$2}'
 
 # The main job on the embedded data: BN vs no BN on mnist_mini, then the comparison read back from MLflow.
 demo: $(STAMP) ## BN vs no BN on the bundled MNIST digits, then the comparison from MLflow
@@ -75,6 +76,23 @@ clean: ## Delete runs, sweeps, reports, benchmarks, the MLflow store and caches 
 # batch 60. Full MNIST by default; offline: `make reproduce-mnist DATA=mnist_mini`; more overrides in ARGS.
 reproduce-mnist: $(STAMP) ## Figure 1 (Sec. 4.1): BN vs no BN, seeds SEEDS (0,1,2), on DATA (mnist; offline: mnist_mini)
 	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
+
+# The pre-registered reproductions of issue 15 (protocols/<sweep>.yaml, committed before their runs): each
+# sweep in parallel worker processes (one per core, one intra-op thread each), then its report, which checks
+# every run against the protocol. Wall times on the 2-core development machine: docs/results.md.
+PARALLEL := hydra/launcher=parallel
+reproduce-mnist-grid: $(STAMP) ## Figure 1 at 5 learning rates x {BN, none} x 3 seeds, official 10k test digits
+	$(ONE_THREAD) $(TRAIN) -m $(PARALLEL) -cd sweeps -cn mnist_lr_grid trainer.enable_progress_bar=false $(ARGS)
+	$(PY) -m bnrepro.report mnist_lr_grid
+
+reproduce-mnist-headline: $(STAMP) ## Figure 1 at lr 0.1 on 5 fresh seeds, official 10k test digits
+	$(ONE_THREAD) $(TRAIN) -m $(PARALLEL) -cd sweeps -cn mnist_headline trainer.enable_progress_bar=false $(ARGS)
+	$(PY) -m bnrepro.report mnist_headline
+
+reproduce-fashion: $(STAMP) ## Figure 1's net and protocol on Fashion-MNIST (60k/10k), 3 seeds
+	$(ONE_THREAD) $(TRAIN) -m $(PARALLEL) -cd sweeps -cn fashion_mnist_fig1 $(FASHION_MNIST_DIR_ARG) \
+		trainer.enable_progress_bar=false $(ARGS)
+	$(PY) -m bnrepro.report fashion_mnist_fig1
 
 # Figure 1(a,b,c), the comparison table and every claim's verdict for a sweep (default: the latest
 # mnist_fig1), written to outputs/reports/<sweep>/ and logged to the sweep's parent MLflow run.

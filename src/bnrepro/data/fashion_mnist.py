@@ -15,7 +15,6 @@ frequent evaluation stays cheap on a CPU (the test split is not sorted by class)
 Training batches come from the device-resident step stream of `InMemoryDataModule`.
 """
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from bnrepro.data.errors import DatasetError
 from bnrepro.data.in_memory import InMemoryDataModule, Split
+from bnrepro.data.mnist import find_idx_file, read_idx
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 NATIVE_SIZE = 28
@@ -31,24 +31,6 @@ SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-IDX_DTYPE_UINT8 = 0x08
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format: magic 0x0000 <dtype> <ndim>, big-endian dims, data) of unsigned bytes."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        data = file.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != IDX_DTYPE_UINT8:
-        raise DatasetError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()})")
-    ndim = data[3]
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(dims)):
-        raise DatasetError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds {len(data) - offset}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
-
-
 class FashionMNISTDataModule(InMemoryDataModule):
     """Fashion-MNIST's official 60,000/10,000 split as (C, image_size, image_size) float tensors."""
 
@@ -106,9 +88,9 @@ class FashionMNISTDataModule(InMemoryDataModule):
         return images
 
     def _find(self, name: str) -> Path:
-        for candidate in (self.data_dir / f"{name}.gz", self.data_dir / name):
-            if candidate.is_file():
-                return candidate
+        found = find_idx_file(self.data_dir, name)
+        if found is not None:
+            return found
         expected = ", ".join(f"{a}.gz, {b}.gz" for a, b in SPLIT_FILES.values())
         raise DatasetError(
             f"Fashion-MNIST file {name}(.gz) not found in {self.data_dir.resolve()}: expected {expected} "

@@ -36,10 +36,12 @@ class InMemoryDataModule(L.LightningDataModule):
         steps_per_batch: int = 10,
         binarize: bool = False,
         seed: int = 0,
+        shuffle: str = "examples",
     ):
         super().__init__()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.steps_per_batch, self.binarize, self.seed = steps_per_batch, binarize, seed
+        self.shuffle = shuffle
         self.train_split: Split | None = None
         self.test_split: Split | None = None
 
@@ -77,6 +79,7 @@ class InMemoryDataModule(L.LightningDataModule):
             world_size=trainer.world_size,
             # One Lightning epoch runs from step 0 to max_steps; a resumed run continues that epoch.
             epoch_start_step=lambda: 0,
+            shuffle=self.shuffle,
         )
 
     def val_dataloader(self) -> EvalBatches:

@@ -6,7 +6,9 @@ on the training device and batches are taken by index:
 
 * `StepStream` serves training data as a deterministic function of the optimizer step: step ``s``
   reads batch ``s mod S`` of data-epoch ``s // S`` (``S`` steps per epoch), where every data-epoch
-  is a fresh seeded permutation. It starts wherever the trainer's global step is, so a resumed run
+  is a fresh seeded permutation (``shuffle="examples"``, Sec. 4.2.1's thorough shuffle) or a seeded
+  reordering of mini-batches fixed once (``shuffle="batches"``: the same examples always share a
+  mini-batch, the less thorough shuffle that Sec. 4.2.1 replaced). It starts wherever the trainer's global step is, so a resumed run
   sees exactly the batches an uninterrupted one would. Each item is a *chunk* of ``K`` steps,
   shape (K, B, ...), so the Trainer's per-batch overhead is paid once per K optimizer steps.
 * Under DDP every rank takes a disjoint, equally long shard of the same epoch permutation.
@@ -19,10 +21,21 @@ import torch
 from torch import Tensor
 
 
-def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
-    """The sample order of one data-epoch: seeded by (seed, epoch) so any epoch can be recomputed."""
+SHUFFLES = ("examples", "batches")
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int, fixed_batch: int = 0) -> Tensor:
+    """The sample order of one data-epoch: seeded by (seed, epoch) so any epoch can be recomputed.
+
+    With `fixed_batch` > 0 the mini-batches are fixed: epoch 0's permutation cut into blocks of
+    `fixed_batch` samples, of which every epoch only reorders the blocks (the tail is dropped).
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_samples, generator=generator)
+    if fixed_batch <= 0:
+        return torch.randperm(num_samples, generator=generator)
+    blocks = num_samples // fixed_batch
+    first = epoch_permutation(num_samples, seed, 0)[: blocks * fixed_batch].view(blocks, fixed_batch)
+    return first[torch.randperm(blocks, generator=generator)].flatten()
 
 
 def rank_shard(permutation: Tensor, rank: int, world_size: int) -> Tensor:
@@ -46,13 +59,18 @@ class StepStream:
         rank: int = 0,
         world_size: int = 1,
         epoch_start_step: Callable[[], int] | None = None,
+        shuffle: str = "examples",
     ):
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.steps_per_batch = batch_size, steps_per_batch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.total_steps, self.start_step = total_steps, start_step
         self.epoch_start_step = epoch_start_step or start_step
         self.steps_per_epoch = (len(targets) // world_size) // batch_size
+        # Fixed batches are global (all ranks' shares of one step): rank_shard then keeps each rank's share fixed too.
+        self.fixed_batch = batch_size * world_size if shuffle == "batches" else 0
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(targets)} samples over {world_size} rank(s) cannot fill one batch of {batch_size}")
         self._epoch, self._order = -1, None
@@ -95,7 +113,7 @@ class StepStream:
 
     def _epoch_order(self, epoch: int) -> Tensor:
         if epoch != self._epoch:
-            permutation = epoch_permutation(len(self.targets), self.seed, epoch)
+            permutation = epoch_permutation(len(self.targets), self.seed, epoch, self.fixed_batch)
             self._order = rank_shard(permutation, self.rank, self.world_size).to(self.targets.device)
             self._epoch = epoch
         return self._order
