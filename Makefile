@@ -82,15 +82,15 @@ reproduce-mnist: $(STAMP) ## Figure 1 (Sec. 4.1): BN vs no BN, seeds SEEDS (0,1,
 # every run against the protocol. Wall times on the 2-core development machine: docs/results.md.
 PARALLEL := hydra/launcher=parallel
 reproduce-mnist-grid: $(STAMP) ## Figure 1 at 5 learning rates x {BN, none} x 3 seeds, official 10k test digits
-	$(ONE_THREAD) $(TRAIN) -m $(PARALLEL) -cd sweeps -cn mnist_lr_grid trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_lr_grid $(PARALLEL) trainer.enable_progress_bar=false $(ARGS)
 	$(PY) -m bnrepro.report mnist_lr_grid
 
 reproduce-mnist-headline: $(STAMP) ## Figure 1 at lr 0.1 on 5 fresh seeds, official 10k test digits
-	$(ONE_THREAD) $(TRAIN) -m $(PARALLEL) -cd sweeps -cn mnist_headline trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_headline $(PARALLEL) trainer.enable_progress_bar=false $(ARGS)
 	$(PY) -m bnrepro.report mnist_headline
 
 reproduce-fashion: $(STAMP) ## Figure 1's net and protocol on Fashion-MNIST (60k/10k), 3 seeds
-	$(ONE_THREAD) $(TRAIN) -m $(PARALLEL) -cd sweeps -cn fashion_mnist_fig1 $(FASHION_MNIST_DIR_ARG) \
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn fashion_mnist_fig1 $(PARALLEL) $(FASHION_MNIST_DIR_ARG) \
 		trainer.enable_progress_bar=false $(ARGS)
 	$(PY) -m bnrepro.report fashion_mnist_fig1
 
@@ -105,11 +105,12 @@ report: $(STAMP) ## Figures, tables and claim verdicts of the sweep SWEEP (mnist
 reproduce-imagenet: $(STAMP) ## Figure 3 (Sec. 4.2) on ImageNet in IMAGENET_DIR, one GPU per job
 	$(TRAIN) -m -cd sweeps -cn imagenet_fig3 $(IMAGENET_DIR_ARG) $(ARGS)
 
-# The CPU proxy of Figure 3 (sweeps/inception_proxy.yaml): the same seven configurations, width-0.25
-# BN-Inception on Fashion-MNIST at 32x32 (apt-get install dataset-fashion-mnist), 2 seeds, one intra-op
-# thread per job. Then `make report SWEEP=inception_proxy`.
-reproduce-proxy: $(STAMP) ## Figure 3's CPU proxy: BN-Inception at width 0.25 on Fashion-MNIST
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn inception_proxy $(FASHION_MNIST_DIR_ARG) $(ARGS)
+# The CPU proxy of Figure 3 and Sec. 4.2.1's ablations (sweeps/inception_proxy.yaml, pre-registered in
+# protocols/inception_proxy.yaml): 12 configurations x 3 seeds of a width-0.125 BN-Inception on Fashion-MNIST
+# at 32x32 (apt-get install dataset-fashion-mnist), two jobs at a time, one intra-op thread each; then its report.
+reproduce-proxy: $(STAMP) ## Figure 3's CPU proxy + Sec. 4.2.1 ablations: BN-Inception at width 0.125 on Fashion-MNIST
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn inception_proxy $(PARALLEL) $(FASHION_MNIST_DIR_ARG) $(ARGS)
+	$(PY) -m bnrepro.report inception_proxy
 
 # Every reproduction this machine can run, each followed by its report: MNIST (full MNIST when
 # data/MNIST/raw holds it, else the offline mnist_mini), the proxy (when Fashion-MNIST is installed) and

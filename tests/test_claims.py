@@ -375,6 +375,50 @@ def test_crashed_runs_do_not_count_as_divergence(tmp_path):
     assert "1 of 1 runs diverged" in result.reason
 
 
+TRAINS = """
+claims:
+  - id: bn_trains_at_x5
+    paper: "BN-x5 trains"
+    comparison: trains
+    configurations: [{norm: bn}]
+"""
+
+
+def test_training_without_divergence_as_the_expected_outcome_passes(tmp_path):
+    claim = claim_from(TRAINS, tmp_path)
+    assert evaluate_claim(claim, [record("bn", s) for s in range(3)]).verdict is Verdict.PASS
+
+
+def test_expected_training_fails_when_a_run_diverged(tmp_path):
+    claim = claim_from(TRAINS, tmp_path)
+    runs = [record("bn", 0), record("bn", 1), record("bn", 2, outcome="diverged")]
+    result = evaluate_claim(claim, runs)
+    assert result.verdict is Verdict.FAIL
+    assert "1 of 3 runs diverged" in result.reason
+
+
+EARLY = """
+claims:
+  - id: bn_ahead_early
+    paper: "BN is ahead early in training"
+    metric: {statistic: at_fraction, fraction: 0.25}
+    comparison: ordering
+    better: higher
+    configurations: [{norm: bn}, {norm: none}]
+"""
+
+
+def test_at_fraction_reads_the_first_evaluation_at_or_after_that_fraction_of_training(tmp_path):
+    claim = claim_from(EARLY, tmp_path)
+    # evaluations at steps 100..800; a quarter of 800 is step 200, the second evaluation
+    bn = [record("bn", s, (0.5, 0.8 + s / 1000, 0.85, 0.9, 0.9, 0.9, 0.9, 0.9)) for s in range(3)]
+    none = [record("none", s, (0.5, 0.3 + s / 1000, 0.85, 0.9, 0.9, 0.9, 0.9, 0.95)) for s in range(3)]
+    result = evaluate_claim(claim, bn + none)
+    assert result.groups[0].aggregate.mean == pytest.approx(0.801)
+    assert result.groups[1].aggregate.mean == pytest.approx(0.301)
+    assert result.verdict is Verdict.PASS  # the later, reversed finish does not enter
+
+
 def test_full_scale_claims_are_not_run_on_small_data(tmp_path):
     claim = claim_from(
         """

@@ -22,6 +22,8 @@ from tests.helpers import write_fashion_mnist
 FIGURE3 = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")
 EXTRA_RUNS = ("inception_x5", "inception_sigmoid")  # the paper's diverging and non-training runs
 EXPERIMENTS = FIGURE3 + EXTRA_RUNS
+# The proxy's Sec. 4.2.1 ablations: BN-x5 with one of its changes undone
+ABLATIONS = ("bn_x5_with_dropout", "bn_x5_full_l2", "bn_x5_slow_decay", "bn_x5_with_lrn", "bn_x5_batch_shuffle")
 SWEEPS = ROOT / "sweeps"
 CONF = ROOT / "conf"
 
@@ -121,10 +123,15 @@ def test_the_accelerated_recipes_ratios_apply_to_a_baseline_set_on_the_command_l
 
 
 def test_the_accelerated_recipes_ratios_are_stated_in_one_experiment_only():
+    """Only bn_x5 states a ratio; the Sec. 4.2.1 ablations may only undo one (back to 1)."""
     stating = sorted(
         str(path.relative_to(CONF))
         for path in (CONF / "experiment").rglob("*.yaml")
-        if "weight_decay_divisor" in path.read_text() or "decay_speedup" in path.read_text()
+        if any(
+            value != 1
+            for key in ("weight_decay_divisor", "decay_speedup")
+            if (value := OmegaConf.select(OmegaConf.load(path), f"optim.{key}")) is not None
+        )
     )
     assert stating == ["experiment/bn_x5.yaml"]
 
@@ -138,7 +145,7 @@ def test_the_module_builds_the_configs_optimizer_and_schedule():
     assert isinstance(optimizer, torch.optim.SGD) and configured["lr_scheduler"]["interval"] == "step"
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == pytest.approx((0.1, 0.9, 8e-6))
-    for _ in range(20):  # the proxy's baseline decays every 120 steps: 6x faster is every 20
+    for _ in range(37):  # the proxy's baseline decays every 225 steps: 6x faster is every 37 (floor)
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.96)
@@ -150,7 +157,7 @@ def test_proxy_keeps_the_recipe_relative_to_the_proxys_baseline(experiment):
     validate(proxy)
     base = composed("experiment=inception_proxy")
     assert proxy.data._target_.endswith("FashionMNISTDataModule") and proxy.model.net.in_channels == 1
-    assert proxy.model.net.width_multiplier == 0.25 and proxy.logger.experiment_name == "inception_proxy"
+    assert proxy.model.net.width_multiplier == 0.125 and proxy.logger.experiment_name == "inception_proxy"
     assert proxy.norm.kind == full.norm.kind and proxy.optim.lr_multiplier == full.optim.lr_multiplier
     assert proxy.optim.lr == pytest.approx(base.model.base_lr * full.optim.lr_multiplier)
     for key in ("dropout", "lrn", "activation"):
@@ -159,6 +166,39 @@ def test_proxy_keeps_the_recipe_relative_to_the_proxys_baseline(experiment):
     assert ratio == pytest.approx(full.optim.optimizer.weight_decay / BASELINE_WD)
     speedup = base.optim.scheduler.every_n_steps / proxy.optim.scheduler.every_n_steps
     assert speedup == pytest.approx(BASELINE_DECAY / full.optim.scheduler.every_n_steps, rel=0.05)
+
+
+def flat(cfg) -> dict:
+    """The resolved config as {dotted key: value}."""
+    items = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                items[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return items
+
+
+@pytest.mark.parametrize(
+    "ablation,expected",
+    [
+        ("bn_x5_with_dropout", {"reg.dropout": 0.4, "model.net.dropout": 0.4}),
+        ("bn_x5_full_l2", {"optim.weight_decay_divisor": 1, "optim.optimizer.weight_decay": 4e-5}),
+        ("bn_x5_slow_decay", {"optim.decay_speedup": 1, "optim.scheduler.every_n_steps": 225}),
+        ("bn_x5_with_lrn", {"model.net.lrn": True}),
+        ("bn_x5_batch_shuffle", {"data.shuffle": "batches"}),
+    ],
+)
+def test_each_ablation_undoes_exactly_one_of_bn_x5s_changes(ablation, expected):
+    """Sec. 4.2.1 one change at a time: the ablation differs from the proxy's BN-x5 in that change alone."""
+    reference = flat(composed("experiment=inception_proxy/bn_x5"))
+    changed = flat(composed(f"experiment=inception_proxy/{ablation}"))
+    differing = {key: changed[key] for key in reference if reference[key] != changed[key]}
+    assert differing == expected
 
 
 # One proxy run stays in the fast suite; the sweep (make reproduce-proxy) runs all of them for real.
@@ -182,11 +222,17 @@ def test_proxy_trains_a_few_steps_on_fashion_mnist_files(experiment, tmp_path):
     assert math.isfinite(final["val/loss"])
 
 
-@pytest.mark.parametrize("sweep,prefix", [("imagenet_fig3", ""), ("inception_proxy", "inception_proxy/")])
-def test_sweep_lists_the_five_configurations_and_the_two_extra_runs(sweep, prefix):
+@pytest.mark.parametrize(
+    "sweep,expected",
+    [
+        ("imagenet_fig3", list(EXPERIMENTS)),
+        ("inception_proxy", [f"inception_proxy/{name}" for name in EXPERIMENTS + ABLATIONS]),
+    ],
+)
+def test_sweep_lists_the_five_configurations_the_two_extra_runs_and_the_proxys_ablations(sweep, expected):
     params = OmegaConf.load(SWEEPS / f"{sweep}.yaml").hydra.sweeper.params
     experiments = [name.strip() for name in str(params.experiment).split(",")]
-    assert experiments == [prefix + name for name in EXPERIMENTS]
+    assert experiments == expected
     for experiment in experiments:
         validate(composed(f"experiment={experiment}"))
 

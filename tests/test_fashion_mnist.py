@@ -56,6 +56,12 @@ def test_test_size_keeps_the_first_test_images(tmp_path):
     assert len(test) == 5 and test.targets.tolist() == [0, 1, 2, 3, 4]
 
 
+def test_train_size_keeps_the_first_training_images_and_their_statistics(tmp_path):
+    train, _ = splits(write_fashion_mnist(tmp_path), train_size=7, standardize=True)
+    assert len(train) == 7 and train.targets.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert train.inputs.mean().item() == pytest.approx(0.0, abs=1e-5)  # standardized with the subset's statistics
+
+
 def test_uncompressed_idx_files_are_read(tmp_path):
     train, _ = splits(write_fashion_mnist(tmp_path, compress=False))
     assert len(train) == TRAIN

@@ -210,6 +210,7 @@ class FashionMNISTData(InMemoryData):
     channels: int = 1
     standardize: bool = True
     test_size: int | None = None  # evaluate on the first N test images (None: all 10,000)
+    train_size: int | None = None  # train on the first N training images (None: all 60,000)
 
 
 @dataclass

@@ -11,7 +11,8 @@ images as (C, H, W): ``image_size`` resizes them (bilinear, e.g. 28 -> 32 so BN-
 five stride-2 stages end at 1x1), ``channels`` repeats the gray channel (3 for a network built
 for RGB input; 1 is cheaper), and ``standardize`` subtracts the training split's pixel mean and
 divides by its standard deviation. ``test_size`` evaluates on the first N test images only, so
-frequent evaluation stays cheap on a CPU (the test split is not sorted by class).
+frequent evaluation stays cheap on a CPU, and ``train_size`` trains on the first N training images,
+so that a short CPU run still sees its training set many times (neither split is sorted by class).
 Training batches come from the device-resident step stream of `InMemoryDataModule`.
 """
 
@@ -41,17 +42,20 @@ class FashionMNISTDataModule(InMemoryDataModule):
         channels: int = 1,
         standardize: bool = True,
         test_size: int | None = None,
+        train_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if image_size < 1 or channels < 1:
             raise ValueError(f"image_size and channels must be >= 1, got {image_size} and {channels}")
-        if test_size is not None and test_size < 1:
-            raise ValueError(f"test_size must be >= 1 or None (the whole test split), got {test_size}")
+        for name, size in (("test_size", test_size), ("train_size", train_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be >= 1 or None (the whole split), got {size}")
         if standardize and self.binarize:
             raise ValueError("binarize thresholds [0, 1] pixels: use it with standardize=False")
         self.data_dir = Path(data_dir).expanduser()
-        self.image_size, self.channels, self.standardize, self.test_size = image_size, channels, standardize, test_size
+        self.image_size, self.channels, self.standardize = image_size, channels, standardize
+        self.test_size, self.train_size = test_size, train_size
 
     def prepare_data(self) -> None:
         for split in SPLIT_FILES:
@@ -60,8 +64,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
 
     def read_splits(self) -> tuple[Split, Split]:
         train, test = (self._read_split(split) for split in ("train", "test"))
-        if self.test_size is not None:
-            test = Split(test.inputs[: self.test_size], test.targets[: self.test_size])
+        train, test = first(train, self.train_size), first(test, self.test_size)
         if self.standardize:
             mean, std = train.inputs.mean(), train.inputs.std()
             train, test = (Split((s.inputs - mean) / std, s.targets) for s in (train, test))
@@ -97,3 +100,8 @@ class FashionMNISTDataModule(InMemoryDataModule):
             f"(IDX format, gzip optional). Install them with `apt-get install dataset-fashion-mnist` "
             f"(Debian puts them in {DEFAULT_DIR}) or point data.data_dir at a folder holding them."
         )
+
+
+def first(split: Split, size: int | None) -> Split:
+    """The first `size` samples (all for None): Fashion-MNIST's splits are not sorted by class."""
+    return split if size is None else Split(split.inputs[:size], split.targets[:size])

@@ -18,8 +18,9 @@ Verdicts (the claims judged in one report are corrected together with Holm-Bonfe
   metric was not logged or is NaN, too few evaluations, evaluation set size unknown).
 
 A run is usable when it FINISHED and is not tagged `bnrepro.outcome=diverged`. A diverged run
-is unusable for every comparison except `diverges`, for which divergence is the expected outcome;
-diverged runs are counted in the result's reason either way.
+is unusable for every comparison except the outcome comparisons, `diverges` (divergence is the
+expected outcome) and `trains` (every run is expected to finish without diverging); diverged runs
+are counted in the result's reason either way.
 """
 
 import math
@@ -190,12 +191,14 @@ def _parse_claim(defaults: dict, entry: Any) -> Claim:
 
 def _check_claim(claim: Claim) -> None:
     count = len(claim.configurations)
-    if claim.comparison != "diverges":
+    if claim.comparison not in EXPECTED_OUTCOME:
         if not isinstance(claim.metric, dict) or claim.metric.get("statistic") not in STATISTICS:
             raise ValueError(
                 f"metric must be {{statistic: NAME, ...}} with NAME one of {', '.join(STATISTICS)}, "
                 f"got {claim.metric!r}"
             )
+        if claim.metric["statistic"] == "at_fraction" and not 0.0 <= claim.metric.get("fraction", -1.0) <= 1.0:
+            raise ValueError(f"metric at_fraction needs a fraction in [0, 1], got {claim.metric.get('fraction')!r}")
         if claim.metric["statistic"] == "steps_to_reach" and not _valid_target(claim.metric.get("target")):
             raise ValueError(
                 "metric steps_to_reach needs a target: a number or {fraction, of: final|max, configuration: "
@@ -292,6 +295,16 @@ def min_value(run: RunRecord, metric: dict) -> float | None:
     return min(value for _, value in points) if points else None
 
 
+def at_fraction(run: RunRecord, metric: dict) -> float | None:
+    """The series at the first evaluation at or after `fraction` of the run's last evaluated step
+    (e.g. 0.1: early in training, where Figure 3 shows BN-x30 behind BN-x5)."""
+    points = _series(run, metric)
+    if not points:
+        return None
+    step = float(metric["fraction"]) * points[-1][0]
+    return next(value for at, value in points if at >= step)
+
+
 def steps_to_reach(run: RunRecord, metric: dict) -> float | None:
     """The first evaluation step at which the series reaches `target` (resolved to a number); a run
     that never does is right-censored at its last evaluation (`is_censored` tells which)."""
@@ -354,6 +367,7 @@ STATISTICS: dict[str, Callable[[RunRecord, dict], float | None]] = {
     "final": final_value,
     "max": max_value,
     "min": min_value,
+    "at_fraction": at_fraction,
     "steps_to_reach": steps_to_reach,
     "percentile_drift": percentile_drift,
 }
@@ -548,7 +562,8 @@ def _eval_se(metric: dict | None, group: Group) -> float:
 
 
 def _is_accuracy(metric: dict | None) -> bool:
-    return bool(metric) and metric["statistic"] in ("final", "max", "min") and _series_name(metric).endswith("acc")
+    values_of_series = ("final", "max", "min", "at_fraction")
+    return bool(metric) and metric["statistic"] in values_of_series and _series_name(metric).endswith("acc")
 
 
 def _pair_check(
@@ -637,7 +652,9 @@ COMPARISONS: dict[str, Callable[[Claim, list[Group]], list[Check]]] = {
     "ratio": ratio,
     "threshold": threshold,
     "equivalent": equivalent,
-    "diverges": lambda claim, groups: [],  # counted, not estimated: see divergence_verdict
+    # counted, not estimated: see outcome_verdict
+    "diverges": lambda claim, groups: [],
+    "trains": lambda claim, groups: [],
 }
 TESTS = {  # what claims.json names as the test of each comparison
     "ordering": "Welch t per adjacent pair, seeds as replicates; accuracies add the evaluation set's binomial bound",
@@ -645,7 +662,9 @@ TESTS = {  # what claims.json names as the test of each comparison
     "ratio": "t on the log ratio of the seed means (delta method); accuracies add the evaluation set's binomial bound",
     "threshold": "one-sample t on the seed mean; accuracies add the evaluation set's binomial bound",
 }
-EXPECTS_DIVERGENCE = {"diverges"}  # comparisons that judge diverged runs instead of excluding them
+# Comparisons that judge the runs' outcomes (diverged or finished) instead of a statistic, and the outcome
+# each expects of every run.
+EXPECTED_OUTCOME = {"diverges": "diverged", "trains": "finished"}
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -720,8 +739,8 @@ def measure_claim(claim: Claim, runs: Sequence[RunRecord]) -> Result:
             if not group.runs:
                 raise NotRun(f"the sweep has no runs of configuration {group.label}{_in_experiments(claim)}")
             _require_one_configuration(group)
-        if claim.comparison in EXPECTS_DIVERGENCE:
-            return divergence_verdict(claim, result)
+        if claim.comparison in EXPECTED_OUTCOME:
+            return outcome_verdict(claim, result)
         _measure_groups(claim, pool, result)
     except NotRun as reason:
         result.verdict, result.reason = Verdict.NOT_RUN, str(reason)
@@ -836,20 +855,23 @@ def _censored_note(groups: list[Group]) -> str:
     )
 
 
-def divergence_verdict(claim: Claim, result: Result) -> Result:
-    """`diverges`: PASS when every judged run of every configuration diverged and each has at least
-    MIN_SEEDS_FOR_A_VERDICT of them; FAIL when one finished normally; counts, no interval."""
+def outcome_verdict(claim: Claim, result: Result) -> Result:
+    """`diverges` / `trains`: PASS when every judged run of every configuration diverged / finished without
+    diverging and each has at least MIN_SEEDS_FOR_A_VERDICT of them; FAIL when one did the other; counts,
+    no interval."""
     for group in result.groups:
         judge_outcomes(group)
         if not group.values:
             raise NotRun(
                 f"no run of {group.label} diverged or finished ({', '.join(sorted(set(group.excluded.values())))})"
             )
+    expected = EXPECTED_OUTCOME[claim.comparison]
     notes, verdict = [], Verdict.PASS
     for group in result.groups:
         diverged = int(sum(group.values.values()))  # judge_outcomes: 1 per diverged run, 0 per finished one
+        as_expected = diverged if expected == "diverged" else len(group.values) - diverged
         notes.append(f"{group.label}: {diverged} of {len(group.values)} runs diverged")
-        if diverged < len(group.values):
+        if as_expected < len(group.values):
             verdict = Verdict.FAIL
         elif verdict is Verdict.PASS and len(group.values) < max(MIN_SEEDS_FOR_A_VERDICT, claim.min_seeds):
             verdict = Verdict.INCONCLUSIVE
@@ -907,7 +929,7 @@ def measure(group: Group, metric: dict) -> None:
 
 
 def judge_outcomes(group: Group) -> None:
-    """For `diverges`: a run that diverged or finished is judged (value 1 / 0); a failed or unfinished one is
+    """For `diverges` / `trains`: a run that diverged or finished is judged (value 1 / 0); a failed or unfinished one is
     left out."""
     for run in group.runs:
         if is_diverged(run) or run.status == "FINISHED":
