@@ -5,7 +5,9 @@ latest sweep of that name wins) and writes, under outputs/reports/<sweep name>/:
 
 * fig1a.png             test accuracy vs steps, mean over seeds with a min-max band (Fig. 1a)
 * fig1b.png, fig1c.png  {15,50,85}th percentiles of a typical last-hidden-layer unit without / with BN
-* report.md             data, steps and seeds; the comparison table; the claims and their verdicts
+* report.md             data, steps and seeds; the protocol the sweep was pre-registered under
+                        (protocols/) and every deviation from it; the comparison table; the claims
+                        and their verdicts (with a protocol's `across`: at every value of that choice)
 * claims.json           the same verdicts, machine-readable: per claim the runs used, the effect, its
                         interval, the test and correction (byte-identical on the same store)
 
@@ -23,12 +25,15 @@ from bnrepro.report.claims import (
     Claim,
     ClaimsFileError,
     Result,
+    base_claim_id,
     evaluate,
     in_scope,
     load_claims,
+    split_by,
     unusable_reason,
 )
 from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_unit
+from bnrepro.report.protocol import PROTOCOLS_DIR, ProtocolCheck, ProtocolFileError, check_protocol, find_protocol
 from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep, numeric_order
 from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
 
@@ -41,15 +46,20 @@ def write_report(
     claims_file: Path | str = CLAIMS_FILE,
     uri: str | None = None,
     upload: bool = True,
+    protocols_dir: Path = PROTOCOLS_DIR,
 ) -> Path:
     """Build the report of one sweep into `out_dir` (default outputs/reports/<sweep name>) and upload it."""
     registry = load_claims(claims_file)  # a malformed registry fails before the store is read
     sweep = load_sweep(sweep_ref, metrics=(ACCURACY, "val/loss"), uri=uri, prefixes=("diag/",))
     out_dir = Path(out_dir) if out_dir is not None else REPORTS_DIR / _safe_name(sweep.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = evaluate(registry, sweep.runs)
+    registered = find_protocol(sweep.name, protocols_dir)
+    across = registered[1].across if registered else None
+    results = evaluate(registry, sweep.runs, across=across)
+    judged = list(dict.fromkeys(base_claim_id(result.claim.id) for result in results))
+    protocol = check_protocol(*registered, sweep.runs, judged) if registered else None
     out_of_scope = [claim for claim in registry.claims if not in_scope(claim, sweep.runs)]
-    groups = group_by_configuration(sweep.runs)
+    groups = configurations(sweep.runs, across)
     about = provenance(sweep)
     title = (
         f"sweep {sweep.name}: data {about['data']} (binarize={about['binarize']}), "
@@ -65,15 +75,26 @@ def write_report(
     target, rule = table_target(results, groups)
     rows = comparison_rows(groups, target, registry.published)
     (out_dir / "report.md").write_text(
-        report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope)
+        report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope, protocol)
     )
-    document = claims_document(sweep, about, results, out_of_scope, claims_file)
+    document = claims_document(sweep, about, results, out_of_scope, claims_file, protocol)
     (out_dir / "claims.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     if upload:
         from bnrepro.tracking.sweep import log_report  # writing to MLflow happens in tracking/ only (Hydra: lazily)
 
         log_report(sweep.parent_run_id, out_dir, uri=uri)
     return out_dir
+
+
+def configurations(runs: list[RunRecord], across: str | None) -> dict[str, list[RunRecord]]:
+    """The runs by configuration; with a free choice judged `across` its values, that value leads the label."""
+    if across is None:
+        return group_by_configuration(runs)
+    return {
+        f"{across}={value},{label}": members
+        for value, subset in split_by(runs, across).items()
+        for label, members in group_by_configuration(subset).items()
+    }
 
 
 def distribution_figures(
@@ -108,10 +129,17 @@ def _first_run_with_diagnostics(runs: list[RunRecord]) -> tuple[RunRecord, str] 
 
 
 def claims_document(
-    sweep: Sweep, about: dict[str, str], results: list[Result], out_of_scope: list[Claim], claims_file: Path | str
+    sweep: Sweep,
+    about: dict[str, str],
+    results: list[Result],
+    out_of_scope: list[Claim],
+    claims_file: Path | str,
+    protocol: ProtocolCheck | None = None,
 ) -> dict:
-    """claims.json: per judged claim the runs used, effect, interval, test, correction and verdict."""
+    """claims.json: per judged claim the runs used, effect, interval, test, correction and verdict; the
+    protocol the sweep was registered under and its deviations."""
     return {
+        "protocol": None if protocol is None else protocol.to_dict(),
         "sweep": sweep.name,
         "sweep_id": sweep.sweep_id,
         "parent_run_id": sweep.parent_run_id,
@@ -138,10 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         "--claims", default=str(CLAIMS_FILE), help="claims registry (default: the package's claims.yaml)"
     )
     parser.add_argument("--no-upload", action="store_true", help="do not log the report to the sweep's parent run")
+    parser.add_argument(
+        "--protocols", type=Path, default=PROTOCOLS_DIR, help="pre-registered protocols (default: protocols/)"
+    )
     args = parser.parse_args(argv)
     try:
-        out_dir = write_report(args.sweep, args.out, args.claims, upload=not args.no_upload)
-    except (SweepNotFound, ClaimsFileError) as error:
+        upload = not args.no_upload
+        out_dir = write_report(args.sweep, args.out, args.claims, upload=upload, protocols_dir=args.protocols)
+    except (SweepNotFound, ClaimsFileError, ProtocolFileError) as error:
         print(f"bnrepro: error: {error}", file=sys.stderr)
         return 2
     verdicts = json.loads((out_dir / "claims.json").read_text())["verdicts"]

@@ -23,6 +23,7 @@ expected outcome) and `trains` (every run is expected to finish without divergin
 are counted in the result's reason either way.
 """
 
+import dataclasses
 import math
 import statistics
 from collections import Counter
@@ -678,12 +679,37 @@ def in_scope(claim: Claim, runs: Sequence[RunRecord]) -> bool:
 
 
 def evaluate(
-    claims: Sequence[Claim] | Registry, runs: Sequence[RunRecord], alpha: float = 1 - DEFAULT_LEVEL
+    claims: Sequence[Claim] | Registry,
+    runs: Sequence[RunRecord],
+    alpha: float = 1 - DEFAULT_LEVEL,
+    across: str | None = None,
 ) -> list[Result]:
     """The verdict of every claim whose experiment is in `runs` (the job runs of one sweep), the
-    claims judged together under Holm-Bonferroni."""
+    claims judged together under Holm-Bonferroni. With `across` (a tag or param, e.g. model.base_lr),
+    every claim is judged separately at each of its values (claim id `<id>@<key>=<value>`), all of
+    them one family: a free choice is shown across its range, never picked."""
     claims = claims.claims if isinstance(claims, Registry) else claims
-    return judge([measure_claim(claim, runs) for claim in claims if in_scope(claim, runs)], alpha)
+    if across is None:
+        return judge([measure_claim(claim, runs) for claim in claims if in_scope(claim, runs)], alpha)
+    measured = []
+    for value, subset in split_by(runs, across).items():
+        for claim in claims:
+            if in_scope(claim, subset):
+                measured.append(measure_claim(dataclasses.replace(claim, id=f"{claim.id}@{across}={value}"), subset))
+    return judge(measured, alpha)
+
+
+def split_by(runs: Sequence[RunRecord], key: str) -> dict[str, list[RunRecord]]:
+    """The runs by their value of `key` (tag, else param), values in numeric order."""
+    values: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        values.setdefault(str(run.tags.get(key, run.params.get(key, "-"))), []).append(run)
+    return {value: values[value] for value in sorted(values, key=numeric_order)}
+
+
+def base_claim_id(result_id: str) -> str:
+    """The registry's id of a claim judged at one value of a free choice (`<id>@<key>=<value>`)."""
+    return result_id.split("@", 1)[0]
 
 
 def evaluate_claim(claim: Claim, runs: Sequence[RunRecord], alpha: float = 1 - DEFAULT_LEVEL) -> Result:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from bnrepro.lifecycle.identity import EXCLUDED
 from bnrepro.tracking.store import client_for, search_runs
 from bnrepro.tracking.tags import (
+    GIT_COMMIT_TAG,
     GROUPS,
     OUTCOME_TAG,
     ROLE_TAG,
@@ -18,9 +19,13 @@ class SweepNotFound(LookupError):
     """No sweep with that name, id or parent run id is in the store."""
 
 
-def numeric_order(text: str) -> tuple[int, str]:
-    """Sort key putting numbers written as text in numeric order ("2" before "10"): seeds, steps."""
-    return len(text), text
+def numeric_order(text: str) -> tuple[int, float, str]:
+    """Sort key putting numbers written as text in numeric order ("2" before "10", "0.05" before "0.1"):
+    seeds, steps, learning rates; other text after them, alphabetically."""
+    try:
+        return 0, float(text), text
+    except ValueError:
+        return 1, 0.0, text
 
 
 @dataclass
@@ -102,7 +107,7 @@ def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = (
     tags = {
         key: value
         for key, value in run.data.tags.items()
-        if key in GROUPS or key.startswith("bnrepro.") or key == "seed"
+        if key in GROUPS or key.startswith("bnrepro.") or key in ("seed", GIT_COMMIT_TAG)
     }
     return RunRecord(run.info.run_id, run.info.run_name, run.info.status, tags, dict(run.data.params), history)
 

@@ -13,12 +13,14 @@ from bnrepro.report.claims import (
     Claim,
     Published,
     Result,
+    Verdict,
     eval_interval,
     is_censored,
     matches,
     steps_to_reach,
     unusable_reason,
 )
+from bnrepro.report.protocol import ProtocolCheck
 from bnrepro.report.runs import RunRecord, Sweep, numeric_order
 
 ACCURACY = "val/acc"
@@ -139,6 +141,54 @@ def claims_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def across_table(results: Sequence[Result], key: str) -> str:
+    """One row per claim, one column per value of the free choice `key`, and how many values it holds at."""
+    values: dict[str, None] = {}
+    verdicts: dict[str, dict[str, Verdict]] = {}
+    for result in results:
+        base, _, setting = result.claim.id.partition("@")
+        value = setting.partition("=")[2]
+        values.setdefault(value)
+        verdicts.setdefault(base, {})[value] = result.verdict
+    header = [f"claim \\ {key}", *values, "holds at"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for base, by_value in verdicts.items():
+        passed = sum(verdict is Verdict.PASS for verdict in by_value.values())
+        cells = [by_value[value].value if value in by_value else "-" for value in values]
+        lines.append(f"| `{base}` | " + " | ".join(cells) + f" | {passed} of {len(by_value)} |")
+    return "\n".join(lines)
+
+
+def protocol_lines(check: ProtocolCheck | None) -> list[str]:
+    """The report's pre-registration section: what was fixed, when, and every deviation from it."""
+    if check is None:
+        return ["## Protocol", "", "No protocol in protocols/ registers this sweep: its verdicts are exploratory.", ""]
+    registration = check.registration
+    registered = (
+        "not committed"
+        if registration is None
+        else f"registered at commit `{registration.first_commit[:12]}` ({registration.first_date})"
+        + (
+            ""
+            if registration.last_commit == registration.first_commit
+            else f", last changed at `{registration.last_commit[:12]}`"
+        )
+    )
+    commits = ", ".join(f"`{commit[:12]}`" for commit in check.run_commits) or "none recorded"
+    lines = [
+        "## Protocol",
+        "",
+        f"- **Protocol**: `{check.path}` ({check.plan.protocol}), {registered}; runs at commit(s) {commits}",
+        f"- **Question**: {check.plan.question}",
+        f"- **Choices**: {check.plan.choices or '-'}",
+    ]
+    if check.plan.across:
+        lines.append(f"- **Judged across** `{check.plan.across}`: every claim at each value, none picked")
+    lines += [f"- **Deviations**: {'none' if not check.deviations else len(check.deviations)}"]
+    lines += [f"  - {deviation}" for deviation in check.deviations]
+    return [*lines, ""]
+
+
 def out_of_scope_line(claims: Sequence[Claim]) -> str:
     """The claims this sweep cannot judge, in one line."""
     if not claims:
@@ -201,6 +251,7 @@ def report_markdown(
     figures: dict[str, str],
     notes: Sequence[str] = (),
     out_of_scope: Sequence[Claim] = (),
+    protocol: ProtocolCheck | None = None,
 ) -> str:
     lines = [
         f"# Report: sweep `{sweep.name}`",
@@ -212,6 +263,7 @@ def report_markdown(
         f"- **Experiment**: {about['experiment']}; optimizer: {about['optimizer']}",
         f"- **MLflow**: parent run `{sweep.parent_run_id}`, sweep id `{sweep.sweep_id}`",
         "",
+        *protocol_lines(protocol),
         "## Figure 1(a): test accuracy vs training steps",
         "",
     ]
@@ -241,7 +293,10 @@ def report_markdown(
         else "Not drawn: see the notes below.",
         "",
     ]
-    lines += ["## Claims", "", VERDICT_RULES, "", claims_table(results), ""]
+    lines += ["## Claims", "", VERDICT_RULES, ""]
+    if protocol is not None and protocol.plan.across:
+        lines += [across_table(results, protocol.plan.across), ""]
+    lines += [claims_table(results), ""]
     if out_of_scope:
         lines += [out_of_scope_line(out_of_scope), ""]
     if notes:
