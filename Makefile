@@ -16,13 +16,15 @@ SEEDS ?= 0,1,2
 SWEEP ?= mnist_fig1
 IMAGENET_DIR ?= data/imagenet
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+MNIST_TEST_DIR ?= ../shared/data/mnist
 # data.data_dir=... only when a directory differs from its config default (keeps run names short)
 IMAGENET_DIR_ARG := $(if $(filter-out data/imagenet,$(IMAGENET_DIR)),data.data_dir=$(IMAGENET_DIR))
 FASHION_MNIST_DIR_ARG := $(if $(filter-out /usr/share/datasets/fashion-mnist,$(FASHION_MNIST_DIR)),data.data_dir=$(FASHION_MNIST_DIR))
+MNIST_TEST_DIR_ARG := $(if $(filter-out ../shared/data/mnist,$(MNIST_TEST_DIR)),data.test_dir=$(MNIST_TEST_DIR))
 
 .PHONY: help install test test-slow lint demo train ui clean reproduce-mnist reproduce-mnist-grid \
 	reproduce-mnist-headline reproduce-fashion report reproduce-imagenet reproduce-proxy reproduce \
-	bench-inception bench
+	results bench-inception bench
 
 install: $(STAMP) ## Create .venv and install the package with its dev extras (again when pyproject.toml changes)
 
@@ -82,11 +84,11 @@ reproduce-mnist: $(STAMP) ## Figure 1 (Sec. 4.1): BN vs no BN, seeds SEEDS (0,1,
 # every run against the protocol. Wall times on the 2-core development machine: docs/results.md.
 PARALLEL := hydra/launcher=parallel
 reproduce-mnist-grid: $(STAMP) ## Figure 1 at 5 learning rates x {BN, none} x 3 seeds, official 10k test digits
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_lr_grid $(PARALLEL) trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_lr_grid $(PARALLEL) $(MNIST_TEST_DIR_ARG) trainer.enable_progress_bar=false $(ARGS)
 	$(PY) -m bnrepro.report mnist_lr_grid
 
 reproduce-mnist-headline: $(STAMP) ## Figure 1 at lr 0.1 on 5 fresh seeds, official 10k test digits
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_headline $(PARALLEL) trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_headline $(PARALLEL) $(MNIST_TEST_DIR_ARG) trainer.enable_progress_bar=false $(ARGS)
 	$(PY) -m bnrepro.report mnist_headline
 
 reproduce-fashion: $(STAMP) ## Figure 1's net and protocol on Fashion-MNIST (60k/10k), 3 seeds
@@ -112,26 +114,33 @@ reproduce-proxy: $(STAMP) ## Figure 3's CPU proxy + Sec. 4.2.1 ablations: BN-Inc
 	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn inception_proxy $(PARALLEL) $(FASHION_MNIST_DIR_ARG) $(ARGS)
 	$(PY) -m bnrepro.report inception_proxy
 
-# Every reproduction this machine can run, each followed by its report: MNIST (full MNIST when
-# data/MNIST/raw holds it, else the offline mnist_mini), the proxy (when Fashion-MNIST is installed) and
-# ImageNet (when $(IMAGENET_DIR) holds train/ and val/ and a CUDA GPU is present). Says what it skipped and why;
-# exits non-zero if a reproduction that ran failed.
-reproduce: $(STAMP) ## Every reproduction this machine can run, each with its report
+# Every pre-registered reproduction this machine can run (protocols/), then docs/results.md from their runs:
+# the MNIST headline and learning-rate grid (when the official MNIST test split is in MNIST_TEST_DIR),
+# Fashion-MNIST and the proxy (when Fashion-MNIST is installed), ImageNet (when $(IMAGENET_DIR) holds train/
+# and val/ and a CUDA GPU is present). Says what it skipped and why; exits non-zero if a reproduction failed.
+# About 2 hours on 2 CPU cores (wall times per reproduction: docs/results.md).
+reproduce: $(STAMP) ## Every pre-registered reproduction this machine can run, then docs/results.md
 	@status=0; skipped=""; \
-	if ls data/MNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then mnist=mnist; else mnist=mnist_mini; \
-		echo "reproduce: full MNIST is not in data/MNIST/raw: MNIST runs on mnist_mini (5,000 offline digits)"; fi; \
-	$(MAKE) --no-print-directory reproduce-mnist DATA=$$mnist && $(MAKE) --no-print-directory report SWEEP=mnist_fig1 || status=1; \
+	if ls $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte* >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory reproduce-mnist-headline reproduce-mnist-grid || status=1; \
+	else skipped="$$skipped\n  mnist: the official MNIST test split is not in $(MNIST_TEST_DIR) (set MNIST_TEST_DIR=...)"; fi; \
 	if ls $(FASHION_MNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
-		$(MAKE) --no-print-directory reproduce-proxy && $(MAKE) --no-print-directory report SWEEP=inception_proxy || status=1; \
-	else skipped="$$skipped\n  proxy: Fashion-MNIST is not in $(FASHION_MNIST_DIR) (apt-get install dataset-fashion-mnist, or FASHION_MNIST_DIR=...)"; fi; \
+		$(MAKE) --no-print-directory reproduce-fashion reproduce-proxy || status=1; \
+	else skipped="$$skipped\n  fashion, proxy: Fashion-MNIST is not in $(FASHION_MNIST_DIR) (apt-get install dataset-fashion-mnist, or FASHION_MNIST_DIR=...)"; fi; \
 	if ! { test -d $(IMAGENET_DIR)/train && test -d $(IMAGENET_DIR)/val; }; then \
 		skipped="$$skipped\n  imagenet: no ImageNet in $(IMAGENET_DIR) (expected train/ and val/ class folders; set IMAGENET_DIR=...)"; \
 	elif ! $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
 		skipped="$$skipped\n  imagenet: no CUDA GPU on this machine (Figure 3 at full scale needs GPUs)"; \
 	else $(MAKE) --no-print-directory reproduce-imagenet && $(MAKE) --no-print-directory report SWEEP=imagenet_fig3 || status=1; fi; \
+	$(MAKE) --no-print-directory results || status=1; \
 	if [ -n "$$skipped" ]; then printf "reproduce: skipped$$skipped\n"; else echo "reproduce: skipped nothing"; fi; \
 	if [ $$status -ne 0 ]; then echo "reproduce: a reproduction or its report failed (see above)"; fi; \
 	exit $$status
+
+# docs/results.md (and docs/results/<sweep>/*.png) from the tracked runs of every protocol in protocols/:
+# each sweep's report, its deviations from the protocol, wall time, figures and verdicts.
+results: $(STAMP) ## docs/results.md from the tracked runs of every pre-registered protocol
+	$(PY) -m bnrepro.report.results
 
 # Training images/s of BN-Inception on fake ImageNet (CUDA: bf16, channels_last, batch 256; CPU: batch 8,
 # a few steps), the CPU proxy's step time, and the real-JPEG loader's images/s: outputs/bench/inception.json.

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from bnrepro.report.__main__ import main, write_report
 from bnrepro.report.claims import CLAIMS_FILE, Published, load_claims
+from bnrepro.report.results import write_results
 from bnrepro.report.runs import RunRecord, group_by_configuration
 from bnrepro.report.tables import comparison_rows, comparison_table
 
@@ -167,3 +168,29 @@ def test_summary_lists_every_run_with_its_first_final_and_best_accuracy(sweep):
         ("norm=none", "1"),
     ]
     assert all(row[2] == "FINISHED" and row[3] == "200" and row[5] == "@50" for row in rows)
+
+
+MINI_PROTOCOL = """
+protocol: mini
+sweep: mnist_fig1
+command: make mini
+question: Does the shrunk sweep run as registered?
+grid: {norm: [bn, none], seed: [0, 1]}
+fixed: {trainer.max_steps: 200, data: mnist_mini}
+claims: [mnist.bn_trains_faster]
+"""
+
+
+def test_the_results_page_shows_each_protocols_verdicts_deviations_and_figures(sweep, tmp_path):
+    uri, _ = sweep
+    protocols = tmp_path / "protocols"
+    protocols.mkdir()
+    (protocols / "mini.yaml").write_text(MINI_PROTOCOL)
+    (protocols / "later.yaml").write_text(MINI_PROTOCOL.replace("mnist_fig1", "never_ran").replace("mini", "later"))
+    out = write_results(tmp_path / "docs" / "results.md", protocols, uri=uri, upload=False, reports_dir=tmp_path)
+    text = out.read_text()
+    assert "| mini | `mnist.bn_trains_faster` | **" in text
+    assert "is not committed: nothing shows it was fixed before its runs" in text  # tmp_path is not in git
+    assert "Not run yet: `make later`" in text
+    assert "**Wall time**:" in text and "![fig1a](results/mnist_fig1/fig1a.png)" in text
+    assert (tmp_path / "docs" / "results" / "mnist_fig1" / "fig1a.png").read_bytes().startswith(PNG_MAGIC)

@@ -17,6 +17,7 @@ one line on stderr for an unknown sweep or a malformed claims file.
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def write_report(
     """Build the report of one sweep into `out_dir` (default outputs/reports/<sweep name>) and upload it."""
     registry = load_claims(claims_file)  # a malformed registry fails before the store is read
     sweep = load_sweep(sweep_ref, metrics=(ACCURACY, "val/loss"), uri=uri, prefixes=("diag/",))
-    out_dir = Path(out_dir) if out_dir is not None else REPORTS_DIR / _safe_name(sweep.name)
+    out_dir = Path(out_dir) if out_dir is not None else REPORTS_DIR / safe_name(sweep.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     registered = find_protocol(sweep.name, protocols_dir)
     across = registered[1].across if registered else None
@@ -140,6 +141,7 @@ def claims_document(
     protocol the sweep was registered under and its deviations."""
     return {
         "protocol": None if protocol is None else protocol.to_dict(),
+        "timing": timing(sweep),
         "sweep": sweep.name,
         "sweep_id": sweep.sweep_id,
         "parent_run_id": sweep.parent_run_id,
@@ -154,7 +156,20 @@ def claims_document(
     }
 
 
-def _safe_name(name: str) -> str:
+def timing(sweep: Sweep) -> dict:
+    """The sweep's wall time (its parent run's start to end) and its job runs' wall times, in seconds."""
+    durations = sorted((run.ended_ms - run.started_ms) / 1000 for run in sweep.runs if run.started_ms and run.ended_ms)
+    ended = sweep.ended_ms is not None and sweep.started_ms is not None
+    return {
+        "sweep_wall_s": round((sweep.ended_ms - sweep.started_ms) / 1000, 1) if ended else None,
+        "runs_timed": len(durations),
+        "run_wall_s_median": round(statistics.median(durations), 1) if durations else None,
+        "run_wall_s_min": round(durations[0], 1) if durations else None,
+        "run_wall_s_max": round(durations[-1], 1) if durations else None,
+    }
+
+
+def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "sweep"
 
 

@@ -36,6 +36,8 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    started_ms: int | None = None  # MLflow's start and end times (ms since the epoch)
+    ended_ms: int | None = None
 
     @property
     def seed(self) -> str:
@@ -61,6 +63,8 @@ class Sweep:
     name: str
     sweep_id: str
     runs: list[RunRecord]
+    started_ms: int | None = None  # the parent run's start and end: the sweep's wall time
+    ended_ms: int | None = None
 
 
 def load_sweep(
@@ -76,7 +80,8 @@ def load_sweep(
     sweep_id = parent.data.tags[SWEEP_ID_TAG]
     jobs = search_runs(client, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'job'")
     records = [_record(client, run, metrics, prefixes) for run in sorted(jobs, key=lambda r: r.info.start_time)]
-    return Sweep(parent.info.run_id, parent.data.tags.get(SWEEP_NAME_TAG, sweep_id), sweep_id, records)
+    name = parent.data.tags.get(SWEEP_NAME_TAG, sweep_id)
+    return Sweep(parent.info.run_id, name, sweep_id, records, parent.info.start_time, parent.info.end_time)
 
 
 def _find_parent(client, sweep: str):
@@ -109,7 +114,9 @@ def _record(client, run, metrics: tuple[str, ...], prefixes: tuple[str, ...] = (
         for key, value in run.data.tags.items()
         if key in GROUPS or key.startswith("bnrepro.") or key in ("seed", GIT_COMMIT_TAG)
     }
-    return RunRecord(run.info.run_id, run.info.run_name, run.info.status, tags, dict(run.data.params), history)
+    info = run.info
+    params = dict(run.data.params)
+    return RunRecord(info.run_id, info.run_name, info.status, tags, params, history, info.start_time, info.end_time)
 
 
 # --- configurations: runs that differ only by seed ---------------------------------------------
