@@ -102,8 +102,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     identity = job_identity(cfg)
     if is_tracked(cfg):
         # An unusable store fails now, naming its URI; runs whose process died are closed FAILED
-        # ("lost") before this job looks up runs to resume or skip.
-        mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)), cfg.logger.stale_after_seconds)
+        # ("lost", each judged by its own recorded heartbeat settings) before this job looks up runs to resume or skip.
+        mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)))
     plan = plan_start(cfg, job, identity)
     if plan.start == "skipped":
         return skip(cfg, job, plan)

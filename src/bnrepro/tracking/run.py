@@ -9,7 +9,6 @@ run is the *same* MLflow run, reopened; its metric history is continued, never d
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from bnrepro.config import flatten
 from bnrepro.lifecycle.distributed import global_rank
 from bnrepro.messages import cause
 from bnrepro.tracking.job import JobInfo, git_state
-from bnrepro.tracking.liveness import Heartbeat
+from bnrepro.tracking.liveness import Heartbeat, liveness_tags
 from bnrepro.tracking.metrics import ContinuedMetricsLogger, MLflowMetricsLogger
 from bnrepro.tracking.store import experiment_id, iter_chunks, logged_through, open_store, write_tags
 from bnrepro.tracking.tags import (
@@ -27,7 +26,6 @@ from bnrepro.tracking.tags import (
     DIVERGED_LOSS_TAG,
     DIVERGED_STEP_TAG,
     FAILURE_TAG,
-    HEARTBEAT_TAG,
     IDENTITY_TAG,
     MAX_PARAM_LENGTH,
     OUTCOME_TAG,
@@ -90,19 +88,22 @@ class TrackedRun:
             START_TAG: "resumed",
             RESUMES_TAG: str(int(run.data.tags.get(RESUMES_TAG, "0")) + 1),
         }
-        tags.update({HEARTBEAT_TAG: str(int(time.time())), OUTCOME_TAG: "running"})
+        tags.update({**self._liveness_tags(), OUTCOME_TAG: "running"})
         self.set_tags(tags)
         self.logger = ContinuedMetricsLogger(self.client, self.run_id, logged_through(self.client, run))
 
     def _tags(self) -> dict[str, str]:
         tags = {**self.job.choices, "seed": str(self.cfg.seed), ROLE_TAG: "job", **git_state()}
-        tags.update({START_TAG: "fresh", HEARTBEAT_TAG: str(int(time.time())), OUTCOME_TAG: "running"})
+        tags.update({START_TAG: "fresh", **self._liveness_tags(), OUTCOME_TAG: "running"})
         if self.identity is not None:
             tags.update({IDENTITY_TAG: self.identity.digest, CODE_VERSION_TAG: self.identity.code_version[:5000]})
         if self.job.output_dir:
             tags[OUTPUT_DIR_TAG] = self.job.output_dir
         tags.update(_sweep_tags(self.job))
         return tags
+
+    def _liveness_tags(self) -> dict[str, str]:
+        return liveness_tags(self.cfg.logger.heartbeat_seconds, self.cfg.logger.stale_after_seconds)
 
     def _log_params(self) -> None:
         from mlflow.entities import Param
