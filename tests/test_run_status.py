@@ -10,18 +10,21 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cli_inprocess import cli
 from conftest import QUICK, ROOT, compose_config
-from helpers import StopAtStep
+from helpers import LockStoreWhenTrainingEnds, StopAtStep, StoreLock, on_log_line, signal_on_log_line
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
+from bnrepro.tracking.metrics import MLflowMetricsLogger
 from bnrepro.tracking.tags import (
+    EVAL_EXAMPLES_PARAM,
     FAILURE_TAG,
     HEARTBEAT_SECONDS_TAG,
     HEARTBEAT_TAG,
@@ -80,6 +83,43 @@ def test_sigint_ends_the_run_killed(store, tmp_path, monkeypatch):
     assert cli(tmp_path, "trainer.max_steps=60", *QUICK) == 128 + signal.SIGINT
     (run,) = all_runs(store)
     assert run.info.status == "KILLED" and "SIGINT at step 20" in run.data.tags[FAILURE_TAG]
+
+
+def test_sigterm_while_the_finished_run_closes_leaves_it_finished_and_exits_0(store, tmp_path, capsys):
+    with signal_on_log_line("bnrepro.tracking.run", "^closing MLflow run .* as", signal.SIGTERM) as fault:
+        code = cli(tmp_path, "trainer.max_steps=20", *QUICK)
+
+    assert fault.fired and code == 0
+    (run,) = all_runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags[OUTCOME_TAG] == "completed"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "bnrepro: received SIGTERM after training had finished; the run is recorded FINISHED"
+    )
+
+
+def test_a_second_ctrl_c_while_the_stopped_run_closes_still_ends_it_killed(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: StopAtStep(20, "sigint"))
+    with signal_on_log_line("bnrepro.tracking.run", "^closing MLflow run .* as", signal.SIGINT) as fault:
+        code = cli(tmp_path, "trainer.max_steps=60", *QUICK)
+
+    assert fault.fired and code == 128 + signal.SIGINT
+    (run,) = all_runs(store)
+    assert run.info.status == "KILLED" and "SIGINT at step 20" in run.data.tags[FAILURE_TAG]
+
+
+@pytest.mark.slow
+def test_a_store_locked_while_the_run_closes_still_ends_it_finished_with_every_metric(store, tmp_path, monkeypatch):
+    lock = StoreLock(Path(store.removeprefix("sqlite:///")))
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: LockStoreWhenTrainingEnds(lock))
+    monkeypatch.setattr(MLflowMetricsLogger, "WRITE_ATTEMPTS", 1)  # one 20 s busy wait, not three
+    with on_log_line("bnrepro.tracking.run", "^closing MLflow run .* failed", lock.release) as released:
+        train(compose_config("trainer.max_steps=20", *QUICK), JobInfo())
+
+    assert released.fired  # the first closing attempt met the lock
+    (run,) = all_runs(store)
+    assert run.info.status == "FINISHED" and run.data.params[EVAL_EXAMPLES_PARAM]
+    history = MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(point.step for point in history) == [10, 20]
 
 
 def job_run(client: MlflowClient, silent_for: float, heartbeat_seconds: float = 60, stale_after: float = 600) -> str:

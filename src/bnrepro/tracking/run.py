@@ -9,6 +9,7 @@ run is the *same* MLflow run, reopened; its metric history is continued, never d
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,11 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.config import flatten
 from bnrepro.lifecycle.distributed import global_rank
+from bnrepro.lifecycle.interruption import hold_signals
 from bnrepro.messages import cause
 from bnrepro.tracking.job import JobInfo, git_state
 from bnrepro.tracking.liveness import Heartbeat, liveness_tags
 from bnrepro.tracking.metrics import ContinuedMetricsLogger, MLflowMetricsLogger
-from bnrepro.tracking.store import experiment_id, iter_chunks, logged_through, open_store, write_tags
+from bnrepro.tracking.store import (
+    TrackingError,
+    experiment_id,
+    iter_chunks,
+    logged_through,
+    open_store,
+    write_tags,
+)
 from bnrepro.tracking.tags import (
     CODE_VERSION_TAG,
     DIVERGED_LOSS_TAG,
@@ -57,9 +66,39 @@ class TrackedRun:
         self.resumed = resume_run_id is not None
         self.logger: MLflowMetricsLogger | None = None
         self.outcome: str | None = None  # set by mark_diverged; else decided when the run closes
+        self.params_at_close: dict[str, Any] = {}  # params known only at the end, written with the status
         self._heartbeat: Heartbeat | None = None
 
     def __enter__(self) -> "TrackedRun":
+        try:
+            self._open()
+        except Exception as error:  # a read-only store, a full disk, a store locked past SQLite's timeout
+            self._abandon_half_opened(error)
+            raise TrackingError(
+                f"MLflow tracking store {self.client.tracking_uri} refused to record the run ({cause(error)}); "
+                "make it writable (permissions, free disk space, the process holding it locked), "
+                "or set MLFLOW_TRACKING_URI to another store, or logger=none to run untracked"
+            ) from error
+        self._heartbeat = Heartbeat(self.client, self.run_id, self.cfg.logger.heartbeat_seconds)
+        log.info(
+            "MLflow run %s (%s%s) in %s",
+            self.run_id,
+            self.job.name,
+            ", resumed" if self.resumed else "",
+            self.client.tracking_uri,
+        )
+        return self
+
+    def _abandon_half_opened(self, error: Exception) -> None:
+        """A run created (or reopened) before a later write failed must not stay RUNNING, if the store lets us."""
+        if self.run_id is None:
+            return
+        try:
+            self.abandon(f"the run could not be opened: {cause(error)}")
+        except Exception:  # the store refuses this too: the run is marked lost once its own threshold passes
+            log.debug("could not end half-opened run %s", self.run_id, exc_info=True)
+
+    def _open(self) -> None:
         if self.resumed:
             self._reopen()
         else:
@@ -70,15 +109,6 @@ class TrackedRun:
             self._log_params()
             self.client.log_text(self.run_id, OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
             self.client.log_text(self.run_id, "\n".join(self.job.overrides) + "\n", "overrides.txt")
-        self._heartbeat = Heartbeat(self.client, self.run_id, self.cfg.logger.heartbeat_seconds)
-        log.info(
-            "MLflow run %s (%s%s) in %s",
-            self.run_id,
-            self.job.name,
-            ", resumed" if self.resumed else "",
-            self.client.tracking_uri,
-        )
-        return self
 
     def _reopen(self) -> None:
         run = self.client.get_run(self.run_id)
@@ -139,24 +169,54 @@ class TrackedRun:
         self.client.set_tag(self.run_id, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
         self.client.set_terminated(self.run_id, status="FAILED")
 
+    CLOSE_ATTEMPTS = 3  # each write already waits out SQLite's 20 s busy timeout; with the pauses, ~2-5 min in all
+    CLOSE_PAUSE_SECONDS = 5.0
+
     def __exit__(self, kind, error, traceback) -> None:
+        hold_signals()  # a signal from here on is reported once the run is closed, never cuts the closing short
         if self._heartbeat is not None:
             self._heartbeat.stop()
         status, outcome = _ending(error)
         tags = {OUTCOME_TAG: self.outcome or outcome}
         if error is not None:
             tags[FAILURE_TAG] = cause(error)
+        log.info("closing MLflow run %s as %s", self.run_id, status)
         try:
-            if self.logger is not None:
-                self.logger.flush(wait=True)
-            self.set_tags(tags)
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception:
-            if error is None:  # the run itself succeeded: its record must not silently stay RUNNING
-                raise
-            log.exception("could not close MLflow run %s as %s", self.run_id, status)
+            self._close(status, tags)
+        except Exception as failure:
+            problem = TrackingError(
+                f"could not close MLflow run {self.run_id} as {status} after {self.CLOSE_ATTEMPTS} attempts "
+                f"({cause(failure)}); it shows RUNNING until a later start marks it FAILED (lost) "
+                f"{self.cfg.logger.stale_after_seconds:.0f} s after its last heartbeat. "
+                "Make the store writable (free space, permissions, the process holding it locked)"
+            )
+            if error is None:  # the run itself succeeded: say why its record is not FINISHED
+                raise problem from failure
+            log.error("%s", problem)  # the run's own error is the one to report
             return
         log.info("MLflow run %s ended %s (%s)", self.run_id, status, tags[OUTCOME_TAG])
+
+    def _close(self, status: str, tags: Mapping[str, Any]) -> None:
+        """Pending metrics, end-of-run params and tags, then the status, retried against a busy store."""
+        from mlflow.entities import Param, RunTag
+
+        params = [Param(key, str(value)) for key, value in self.params_at_close.items()]
+        run_tags = [RunTag(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in tags.items()]
+        for attempt in range(1, self.CLOSE_ATTEMPTS + 1):
+            try:
+                if self.logger is not None:
+                    self.logger.flush(wait=True)  # re-sends metrics an earlier write could not store
+                self.client.log_batch(self.run_id, params=params, tags=run_tags)
+                self.client.set_terminated(self.run_id, status=status)
+                return
+            except Exception as error:
+                if attempt == self.CLOSE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "closing MLflow run %s failed (%s); retrying in %.0f s", self.run_id, cause(error),
+                    self.CLOSE_PAUSE_SECONDS * attempt,
+                )  # fmt: skip
+                time.sleep(self.CLOSE_PAUSE_SECONDS * attempt)
 
 
 def _ending(error: BaseException | None) -> tuple[str, str]:
@@ -177,6 +237,9 @@ class NoTracking:
 
     run_id = None
     logger = None
+
+    def __init__(self) -> None:
+        self.params_at_close: dict[str, Any] = {}
 
     def __enter__(self) -> "NoTracking":
         return self
