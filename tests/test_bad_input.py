@@ -328,7 +328,7 @@ def test_a_read_only_store_is_one_line_exit_2_and_records_no_run(small_filesyste
     assert cli(tmp_path, *SHORT) == 2
 
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bnrepro:")]
-    assert line.startswith(f"bnrepro: error: MLflow tracking store {uri} ") and "make it writable" in line
+    assert line.startswith(f"bnrepro: error: MLflow tracking store {uri} is read-only") and "make it writable" in line
     remount(small_filesystem, "rw")
     client = MlflowClient(uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

@@ -162,3 +162,43 @@ def test_stops_inside_logging_intervals_then_resumes_log_exactly_the_uninterrupt
 
     assert client.get_run(run_id).data.tags[RESUMES_TAG] == "2"
     assert {key: history(client, run_id, key) for key in METRICS} == expected  # train/loss at 40 and 60 too
+
+
+def test_a_resumed_run_that_finishes_keeps_no_failure_reason(store, tmp_path):
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=30, action="sigterm")
+    run_id = only_run_id(client)
+
+    train(compose_config(*SETTINGS, f"resume={run_id}"), JobInfo(output_dir=str(tmp_path / "resumed")))
+
+    assert FAILURE_TAG not in client.get_run(run_id).data.tags
+
+
+def test_resuming_a_finished_run_by_directory_skips_it_as_by_run_id(store, tmp_path):
+    client = MlflowClient(store)
+    train(compose_config(*SETTINGS), JobInfo(output_dir=str(tmp_path / "done")))
+
+    train(compose_config(*SETTINGS, f"resume={tmp_path / 'done'}"), JobInfo(output_dir=str(tmp_path / "again")))
+
+    tags = client.get_run(only_run_id(client)).data.tags
+    assert tags[START_TAG] == "skipped" and RESUMES_TAG not in tags
+
+
+def test_resuming_a_run_whose_folder_was_moved_says_so(store, tmp_path):
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=30, action="sigterm")
+    (tmp_path / "interrupted").rename(tmp_path / "moved")
+
+    with pytest.raises(ResumeError, match=r"output directory .*interrupted no longer exists; if it was moved"):
+        train(compose_config(*SETTINGS, f"resume={only_run_id(client)}"), JobInfo(output_dir=str(tmp_path / "r")))
+
+
+def test_resume_auto_continues_the_unfinished_run_that_got_furthest_not_the_newest(store, tmp_path):
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=40, action="sigterm", folder="further")
+    (further,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    interrupted_run(tmp_path, step=20, action="sigterm", settings=(*SETTINGS, "rerun=true"), folder="newer")
+
+    train(compose_config(*SETTINGS, "resume=auto"), JobInfo(output_dir=str(tmp_path / "auto")))
+
+    assert client.get_run(further.info.run_id).data.tags.get(RESUMES_TAG) == "1"

@@ -113,6 +113,8 @@ class TrackedRun:
     def _reopen(self) -> None:
         run = self.client.get_run(self.run_id)
         self.client.update_run(self.run_id, status="RUNNING")
+        if FAILURE_TAG in run.data.tags:  # why it stopped before: no longer true of a run that continues
+            self.client.delete_tag(self.run_id, FAILURE_TAG)
         tags = {
             **_sweep_tags(self.job),
             START_TAG: "resumed",

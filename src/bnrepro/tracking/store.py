@@ -35,6 +35,7 @@ def open_store(uri: str):
         return _OPENED_STORES[uri]
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+    _check_sqlite_writable(uri)
     try:
         with _SqliteInitLock(uri) as database:
             if database is not None and not _holds_a_store(database):
@@ -67,6 +68,21 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
             f"MLflow tracking server {uri} is unreachable ({reason}); start it (make tracking-server) "
             "or set MLFLOW_TRACKING_URI / logger.tracking_uri to a reachable store"
         ) from error
+
+
+def _check_sqlite_writable(uri: str) -> None:
+    """A SQLite store that cannot be written (read-only file system or file) fails before any run is created."""
+    database = _sqlite_database(uri)
+    if database is None:
+        return
+    existing = next(path for path in (database, *database.parents) if path.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    unwritable = [path for path in {existing, folder} if not os.access(path, os.W_OK)]
+    if unwritable:
+        raise TrackingError(
+            f"MLflow tracking store {uri} is read-only ({unwritable[0]} cannot be written); make it writable, "
+            "or set MLFLOW_TRACKING_URI to another store, or logger=none to run untracked"
+        )
 
 
 def _sqlite_database(uri: str) -> Path | None:
