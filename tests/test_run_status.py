@@ -187,7 +187,7 @@ def test_every_run_records_the_heartbeat_settings_it_is_judged_by(store):
 
 @pytest.mark.slow
 def test_sigkilled_run_is_marked_failed_when_the_next_job_starts(store, tmp_path):
-    process = start_training(tmp_path, "logger.heartbeat_seconds=1")
+    process = start_training(tmp_path, "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3")  # its own
     wait_for(lambda: (checkpoint_dir(tmp_path / "run") / LAST).exists(), process)
     process.kill()  # SIGKILL: no handler runs, the run stays RUNNING in the store
     process.communicate(timeout=60)
@@ -196,10 +196,7 @@ def test_sigkilled_run_is_marked_failed_when_the_next_job_starts(store, tmp_path
     while time.time() - float(MlflowClient(store).get_run(lost.info.run_id).data.tags[HEARTBEAT_TAG]) <= 3:
         time.sleep(0.2)
 
-    train(
-        compose_config("trainer.max_steps=10", "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3", *QUICK),
-        JobInfo(),
-    )
+    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())  # judged by the lost run's settings
 
     marked = MlflowClient(store).get_run(lost.info.run_id)
     assert marked.info.status == "FAILED" and marked.data.tags[OUTCOME_TAG] == "failed"
