@@ -1,9 +1,14 @@
 """Test helpers shared by several test modules (so that no test module imports another)."""
 
+import contextlib
 import gzip
+import logging
 import os
+import re
 import signal
+import sqlite3
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -131,3 +136,64 @@ def quiet_trainer(max_steps: int, logger, callbacks: list, eval_every_batches: i
         enable_model_summary=False,
         **evaluation,
     )
+
+
+# --- fault injection -----------------------------------------------------------------------------
+class OnLogLine(logging.Handler):
+    """Calls `action` once, when a log record's message first matches the regular expression `pattern`."""
+
+    def __init__(self, pattern: str, action: Callable[[], None]):
+        super().__init__()
+        self.pattern, self.action, self.fired = re.compile(pattern), action, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and self.pattern.search(record.getMessage()):
+            self.fired = True
+            self.action()
+
+
+@contextlib.contextmanager
+def on_log_line(logger_name: str, pattern: str, action: Callable[[], None]) -> Iterator[OnLogLine]:
+    """Fault injection at a named moment: `action` runs when `logger_name` logs a line matching `pattern`."""
+    logger = logging.getLogger(logger_name)
+    handler, level = OnLogLine(pattern, action), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def signal_on_log_line(logger_name: str, pattern: str, signum: int):
+    """Sends `signum` to this process when `logger_name` logs a line matching `pattern`."""
+    return on_log_line(logger_name, pattern, lambda: os.kill(os.getpid(), signum))
+
+
+class StoreLock:
+    """Holds a SQLite store's exclusive lock (as a long write by another process would) until released."""
+
+    def __init__(self, database: Path):
+        self.database, self._connection = database, None
+
+    def take(self) -> None:
+        self._connection = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
+        self._connection.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        if self._connection is not None:
+            self._connection.execute("ROLLBACK")
+            self._connection.close()
+            self._connection = None
+
+
+class LockStoreWhenTrainingEnds(GracefulStop):
+    """GracefulStop that takes `lock` once the last step is done, before the logger and the run are closed."""
+
+    def __init__(self, lock: StoreLock):
+        self.lock = lock
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.lock.take()

@@ -5,18 +5,25 @@ Hydra reports composition errors itself (exit 1, its own few lines); everything 
 one line, ``bnrepro: error: ...``, exit 2.
 """
 
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cli_inprocess import cli
-from conftest import QUICK
+from conftest import QUICK, store_template
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from bnrepro import run as run_module
 from bnrepro.callbacks import checkpointing
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
+from bnrepro.lifecycle.interruption import GracefulStop
+from bnrepro.tracking.run import TrackedRun
 from tests.helpers import write_mnist_raw
 
 SHORT = ("trainer.max_steps=20", *QUICK)
@@ -274,3 +281,67 @@ def test_an_empty_checkpoint_file_is_a_checkpoint_error_naming_it(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match=f"checkpoint {empty} is unreadable"):
         load_checkpoint(empty)
+
+
+# --- a store on a broken file system (a real small tmpfs; needs the right to mount, else skipped) ---------
+@pytest.fixture
+def small_filesystem(tmp_path) -> Iterator[Path]:
+    """A 3 MB tmpfs holding a fresh store (MLFLOW_TRACKING_URI points at it by the test)."""
+    folder = tmp_path / "small_fs"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a small file system")
+    try:
+        shutil.copyfile(store_template(), folder / "mlflow.db")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def remount(folder: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Write a file until the file system is full."""
+    with contextlib.suppress(OSError), open(folder / "filler", "wb") as filler:
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+
+
+class FillDiskWhenTrainingStarts(GracefulStop):
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        fill(self.folder)
+
+
+@pytest.mark.slow
+def test_a_read_only_store_is_one_line_exit_2_and_records_no_run(small_filesystem, tmp_path, capsys, monkeypatch):
+    uri = f"sqlite:///{small_filesystem / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    remount(small_filesystem, "ro")
+
+    assert cli(tmp_path, *SHORT) == 2
+
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bnrepro:")]
+    assert line.startswith(f"bnrepro: error: MLflow tracking store {uri} is read-only") and "make it writable" in line
+    remount(small_filesystem, "rw")
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+@pytest.mark.slow
+def test_a_store_whose_disk_fills_during_training_is_one_line_exit_2(small_filesystem, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{small_filesystem / 'mlflow.db'}")
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: FillDiskWhenTrainingStarts(small_filesystem))
+    monkeypatch.setattr(TrackedRun, "CLOSE_PAUSE_SECONDS", 0.1)  # the disk stays full: no point waiting
+
+    assert cli(tmp_path, "trainer.max_steps=40", "callbacks.checkpoint.every_n_steps=20", *QUICK) == 2
+
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bnrepro:")]
+    assert line.startswith("bnrepro: error: ") and "metrics could not be written" in line
+    assert "free disk space" in line

@@ -43,6 +43,16 @@ def test_an_escaping_error_is_still_reported_with_its_traceback():
     assert "Traceback" in result.stderr and "ValueError: boom" in result.stderr
 
 
+def test_ctrl_c_reaching_the_entry_point_is_one_line_and_exit_130():
+    result = run_script("raise KeyboardInterrupt")
+    assert result.returncode == 130 and result.stderr == "bnrepro: interrupted by SIGINT\n"
+
+
+def test_ctrl_c_during_the_exit_handlers_is_ignored():
+    result = run_script("import os, signal; atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT)); return")
+    assert result.returncode == 0 and result.stderr == ""
+
+
 @pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (2, 2), (130, 130), ("a message", 1)])
 def test_exit_status_follows_sys_exit(code, status):
     assert exit_status(code) == status

@@ -53,25 +53,33 @@ def only_run_id(client: MlflowClient) -> str:
     return run.info.run_id
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, list[tuple[int, float]]]:
-    """The metric histories of the uninterrupted run (in a store of its own, shared by this module's tests)."""
-    folder = tmp_path_factory.mktemp("reference")
+# Stops at steps 30 and 50 fall inside a logging interval (0-20-40-60): the partial loss sums must survive.
+OFF_BOUNDARY = (*(s for s in SETTINGS if not s.startswith("loop.log_every_n_steps=")), "loop.log_every_n_steps=20")
+
+
+def uninterrupted_history(folder, settings) -> dict[str, list[tuple[int, float]]]:
+    """The metric histories of an uninterrupted run (in a store of its own)."""
     shutil.copyfile(store_template(), folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        train(compose_config(*SETTINGS), JobInfo(output_dir=str(folder / "run")))
+        train(compose_config(*settings), JobInfo(output_dir=str(folder / "run")))
     client = MlflowClient(uri)
     run_id = only_run_id(client)
     return {key: history(client, run_id, key) for key in METRICS}
 
 
-def interrupted_run(tmp_path, step: int, action: str) -> None:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, list[tuple[int, float]]]:
+    """Shared by this module's tests."""
+    return uninterrupted_history(tmp_path_factory.mktemp("reference"), SETTINGS)
+
+
+def interrupted_run(tmp_path, step: int, action: str, settings=SETTINGS, folder: str = "interrupted") -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_module, "GracefulStop", lambda: StopAtStep(step, action))
         with interruptible(), pytest.raises(RuntimeError if action == "crash" else RunInterrupted):
-            train(compose_config(*SETTINGS), JobInfo(output_dir=str(tmp_path / "interrupted")))
+            train(compose_config(*settings), JobInfo(output_dir=str(tmp_path / folder)))
 
 
 def test_sigterm_at_step_k_then_resume_ends_exactly_like_an_uninterrupted_run(store, tmp_path, reference):
@@ -139,3 +147,58 @@ def test_checkpoints_refuse_to_unpickle_code(tmp_path):
     torch.save({"format": FORMAT_VERSION, "payload": os.system}, path)  # pickle would import os.system
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(path)
+
+
+def test_stops_inside_logging_intervals_then_resumes_log_exactly_the_uninterrupted_history(
+    store, tmp_path, tmp_path_factory
+):
+    expected = uninterrupted_history(tmp_path_factory.mktemp("reference_off_boundary"), OFF_BOUNDARY)
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=30, action="sigterm", settings=OFF_BOUNDARY, folder="first")
+    run_id = only_run_id(client)
+    interrupted_run(tmp_path, step=50, action="sigterm", settings=(*OFF_BOUNDARY, f"resume={run_id}"), folder="second")
+
+    train(compose_config(*OFF_BOUNDARY, f"resume={run_id}"), JobInfo(output_dir=str(tmp_path / "third")))
+
+    assert client.get_run(run_id).data.tags[RESUMES_TAG] == "2"
+    assert {key: history(client, run_id, key) for key in METRICS} == expected  # train/loss at 40 and 60 too
+
+
+def test_a_resumed_run_that_finishes_keeps_no_failure_reason(store, tmp_path):
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=30, action="sigterm")
+    run_id = only_run_id(client)
+
+    train(compose_config(*SETTINGS, f"resume={run_id}"), JobInfo(output_dir=str(tmp_path / "resumed")))
+
+    assert FAILURE_TAG not in client.get_run(run_id).data.tags
+
+
+def test_resuming_a_finished_run_by_directory_skips_it_as_by_run_id(store, tmp_path):
+    client = MlflowClient(store)
+    train(compose_config(*SETTINGS), JobInfo(output_dir=str(tmp_path / "done")))
+
+    train(compose_config(*SETTINGS, f"resume={tmp_path / 'done'}"), JobInfo(output_dir=str(tmp_path / "again")))
+
+    tags = client.get_run(only_run_id(client)).data.tags
+    assert tags[START_TAG] == "skipped" and RESUMES_TAG not in tags
+
+
+def test_resuming_a_run_whose_folder_was_moved_says_so(store, tmp_path):
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=30, action="sigterm")
+    (tmp_path / "interrupted").rename(tmp_path / "moved")
+
+    with pytest.raises(ResumeError, match=r"output directory .*interrupted no longer exists; if it was moved"):
+        train(compose_config(*SETTINGS, f"resume={only_run_id(client)}"), JobInfo(output_dir=str(tmp_path / "r")))
+
+
+def test_resume_auto_continues_the_unfinished_run_that_got_furthest_not_the_newest(store, tmp_path):
+    client = MlflowClient(store)
+    interrupted_run(tmp_path, step=40, action="sigterm", folder="further")
+    (further,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    interrupted_run(tmp_path, step=20, action="sigterm", settings=(*SETTINGS, "rerun=true"), folder="newer")
+
+    train(compose_config(*SETTINGS, "resume=auto"), JobInfo(output_dir=str(tmp_path / "auto")))
+
+    assert client.get_run(further.info.run_id).data.tags.get(RESUMES_TAG) == "1"

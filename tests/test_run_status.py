@@ -10,18 +10,28 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cli_inprocess import cli
 from conftest import QUICK, ROOT, compose_config
-from helpers import StopAtStep
+from helpers import LockStoreWhenTrainingEnds, StopAtStep, StoreLock, on_log_line, signal_on_log_line
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
-from bnrepro.tracking.tags import FAILURE_TAG, HEARTBEAT_TAG, OUTCOME_TAG
+from bnrepro.tracking.metrics import MLflowMetricsLogger
+from bnrepro.tracking.tags import (
+    EVAL_EXAMPLES_PARAM,
+    FAILURE_TAG,
+    HEARTBEAT_SECONDS_TAG,
+    HEARTBEAT_TAG,
+    OUTCOME_TAG,
+    ROLE_TAG,
+    STALE_AFTER_TAG,
+)
 
 ENDLESS = ("trainer.max_steps=1000000", "callbacks.checkpoint.every_n_steps=20", *QUICK)
 
@@ -75,25 +85,109 @@ def test_sigint_ends_the_run_killed(store, tmp_path, monkeypatch):
     assert run.info.status == "KILLED" and "SIGINT at step 20" in run.data.tags[FAILURE_TAG]
 
 
-def test_run_with_a_stale_heartbeat_is_marked_failed_when_the_next_job_starts(store):
-    client = MlflowClient(store)
-    silent_since = int(time.time()) - 3600  # a process that died an hour ago, never closing its run
-    dead = client.create_run(client.create_experiment("elsewhere"), tags={HEARTBEAT_TAG: str(silent_since)})
-    alive = client.create_run(
-        client.get_experiment_by_name("elsewhere").experiment_id, tags={HEARTBEAT_TAG: str(int(time.time()))}
+def test_sigterm_while_the_finished_run_closes_leaves_it_finished_and_exits_0(store, tmp_path, capsys):
+    with signal_on_log_line("bnrepro.tracking.run", "^closing MLflow run .* as", signal.SIGTERM) as fault:
+        code = cli(tmp_path, "trainer.max_steps=20", *QUICK)
+
+    assert fault.fired and code == 0
+    (run,) = all_runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags[OUTCOME_TAG] == "completed"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "bnrepro: received SIGTERM after training had finished; the run is recorded FINISHED"
     )
 
-    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())  # default: silent for 600 s = lost
 
-    marked = client.get_run(dead.info.run_id)
-    assert marked.info.status == "FAILED" and marked.info.end_time == silent_since * 1000
+def test_a_second_ctrl_c_while_the_stopped_run_closes_still_ends_it_killed(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: StopAtStep(20, "sigint"))
+    with signal_on_log_line("bnrepro.tracking.run", "^closing MLflow run .* as", signal.SIGINT) as fault:
+        code = cli(tmp_path, "trainer.max_steps=60", *QUICK)
+
+    assert fault.fired and code == 128 + signal.SIGINT
+    (run,) = all_runs(store)
+    assert run.info.status == "KILLED" and "SIGINT at step 20" in run.data.tags[FAILURE_TAG]
+
+
+@pytest.mark.slow
+def test_a_store_locked_while_the_run_closes_still_ends_it_finished_with_every_metric(store, tmp_path, monkeypatch):
+    lock = StoreLock(Path(store.removeprefix("sqlite:///")))
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: LockStoreWhenTrainingEnds(lock))
+    monkeypatch.setattr(MLflowMetricsLogger, "WRITE_ATTEMPTS", 1)  # one 20 s busy wait, not three
+    with on_log_line("bnrepro.tracking.run", "^closing MLflow run .* failed", lock.release) as released:
+        train(compose_config("trainer.max_steps=20", *QUICK), JobInfo())
+
+    assert released.fired  # the first closing attempt met the lock
+    (run,) = all_runs(store)
+    assert run.info.status == "FINISHED" and run.data.params[EVAL_EXAMPLES_PARAM]
+    history = MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(point.step for point in history) == [10, 20]
+
+
+def job_run(client: MlflowClient, silent_for: float, heartbeat_seconds: float = 60, stale_after: float = 600) -> str:
+    """A RUNNING bnrepro job run whose process last beat `silent_for` seconds ago, with its own liveness settings."""
+    tags = {ROLE_TAG: "job", HEARTBEAT_SECONDS_TAG: str(heartbeat_seconds), STALE_AFTER_TAG: str(stale_after)}
+    tags[HEARTBEAT_TAG] = str(int(time.time() - silent_for))
+    experiment = client.get_experiment_by_name("elsewhere") or client.get_experiment(
+        client.create_experiment("elsewhere")
+    )
+    return client.create_run(experiment.experiment_id, tags=tags).info.run_id
+
+
+def test_run_with_a_stale_heartbeat_is_marked_failed_when_the_next_job_starts(store):
+    client = MlflowClient(store)
+    dead = job_run(client, silent_for=3600)  # a process that died an hour ago, never closing its run
+    alive = job_run(client, silent_for=0)
+
+    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())
+
+    marked = client.get_run(dead)
+    assert marked.info.status == "FAILED" and marked.info.end_time // 1000 == int(marked.data.tags[HEARTBEAT_TAG])
     assert marked.data.tags[FAILURE_TAG].startswith("lost: no heartbeat since")
-    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(alive).info.status == "RUNNING"
+
+
+def test_a_live_run_is_judged_by_its_own_heartbeat_settings_not_the_starting_jobs(store):
+    client = MlflowClient(store)
+    live = job_run(client, silent_for=30, heartbeat_seconds=60, stale_after=600)  # between two of its beats
+
+    train(
+        compose_config("trainer.max_steps=10", "logger.heartbeat_seconds=1", "logger.stale_after_seconds=5", *QUICK),
+        JobInfo(),
+    )
+
+    assert client.get_run(live).info.status == "RUNNING"
+
+
+def test_a_run_with_a_short_own_threshold_is_lost_even_for_a_patient_starting_job(store):
+    client = MlflowClient(store)
+    dead = job_run(client, silent_for=30, heartbeat_seconds=1, stale_after=5)
+
+    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())  # its own threshold (600 s) does not apply
+
+    assert client.get_run(dead).info.status == "FAILED"
+
+
+def test_runs_of_other_projects_are_never_marked_lost(store):
+    client = MlflowClient(store)
+    foreign = client.create_run(client.create_experiment("another project"), tags={HEARTBEAT_TAG: "0"})
+
+    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())
+
+    assert client.get_run(foreign.info.run_id).info.status == "RUNNING"
+
+
+def test_every_run_records_the_heartbeat_settings_it_is_judged_by(store):
+    train(
+        compose_config("trainer.max_steps=10", "logger.heartbeat_seconds=7", "logger.stale_after_seconds=70", *QUICK),
+        JobInfo(),
+    )
+
+    (run,) = all_runs(store)
+    assert (run.data.tags[HEARTBEAT_SECONDS_TAG], run.data.tags[STALE_AFTER_TAG]) == ("7.0", "70.0")
 
 
 @pytest.mark.slow
 def test_sigkilled_run_is_marked_failed_when_the_next_job_starts(store, tmp_path):
-    process = start_training(tmp_path, "logger.heartbeat_seconds=1")
+    process = start_training(tmp_path, "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3")  # its own
     wait_for(lambda: (checkpoint_dir(tmp_path / "run") / LAST).exists(), process)
     process.kill()  # SIGKILL: no handler runs, the run stays RUNNING in the store
     process.communicate(timeout=60)
@@ -102,10 +196,7 @@ def test_sigkilled_run_is_marked_failed_when_the_next_job_starts(store, tmp_path
     while time.time() - float(MlflowClient(store).get_run(lost.info.run_id).data.tags[HEARTBEAT_TAG]) <= 3:
         time.sleep(0.2)
 
-    train(
-        compose_config("trainer.max_steps=10", "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3", *QUICK),
-        JobInfo(),
-    )
+    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())  # judged by the lost run's settings
 
     marked = MlflowClient(store).get_run(lost.info.run_id)
     assert marked.info.status == "FAILED" and marked.data.tags[OUTCOME_TAG] == "failed"

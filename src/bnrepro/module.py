@@ -16,6 +16,8 @@ scaling, DDP's gradient sync and every callback's per-step hooks (benchmarks/REA
 cost against a hand-written loop).
 """
 
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,8 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnrepro.optim import OptimizerFactory, SchedulerFactory
+
+LOSS_ACCUMULATOR_KEY = "train_loss_accumulator"  # the checkpoint's entry for the partial logging interval
 
 
 class Classifier(L.LightningModule):
@@ -86,6 +90,20 @@ class Classifier(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics({"train/loss": mean}, step=step)
         self._loss_sum, self._loss_steps = None, 0
+
+    # A checkpoint taken inside a logging interval (a stop at any chunk boundary) carries the interval's
+    # partial sum and count, so the resumed run logs the same mean at the interval's end as an uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        partial = None if self._loss_sum is None else self._loss_sum.detach().cpu()
+        checkpoint[LOSS_ACCUMULATOR_KEY] = {"sum": partial, "steps": self._loss_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(LOSS_ACCUMULATOR_KEY) or {"sum": None, "steps": 0}
+        self._loss_sum, self._loss_steps = saved["sum"], saved["steps"]
+
+    def on_train_start(self) -> None:
+        if self._loss_sum is not None:  # restored on the CPU, before the module reached its device
+            self._loss_sum = self._loss_sum.to(self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch)

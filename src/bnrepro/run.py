@@ -7,6 +7,7 @@ directly with a composed config, as the tests do.
 import contextlib
 import dataclasses
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -27,8 +28,9 @@ from bnrepro.callbacks.checkpointing import (
 from bnrepro.callbacks.divergence import Diverged
 from bnrepro.callbacks.population import PopulationEvaluation
 from bnrepro.config import ConfigError, Inference, validate, validate_machine
-from bnrepro.data.errors import DatasetError
+from bnrepro.data.errors import DatasetError, require_batch_fits
 from bnrepro.data.in_memory import InMemoryDataModule
+from bnrepro.lifecycle.claim import job_claim
 from bnrepro.lifecycle.distributed import (
     DeviceSlot,
     RankProcesses,
@@ -40,7 +42,7 @@ from bnrepro.lifecycle.distributed import (
     rank_command,
 )
 from bnrepro.lifecycle.identity import JobIdentity, job_identity
-from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, interruptible
+from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, held_signal, interruptible
 from bnrepro.lifecycle.preflight import OutputDirectoryError, check_writable
 from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
 from bnrepro.messages import first_line
@@ -76,9 +78,11 @@ def quiet_library_chatter() -> None:
 
 def main(cfg: DictConfig) -> dict[str, float]:
     quiet_library_chatter()
+    job = JobInfo.from_hydra()
     try:
         with interruptible():  # SIGINT/SIGTERM -> RunInterrupted: the run ends KILLED, not stuck RUNNING
-            return train(cfg, JobInfo.from_hydra())
+            result = train(cfg, job)
+            late = held_signal()  # arrived while the finished run was being closed
     except BAD_INPUT as error:
         print(f"bnrepro: error: {first_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -91,6 +95,24 @@ def main(cfg: DictConfig) -> dict[str, float]:
         if global_rank() == 0:  # every rank stops at the same step; one says so
             print(f"bnrepro: {stop}{hint}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
+    if late is not None:
+        report_signal_after_finish(late, job)
+    return result
+
+
+def report_signal_after_finish(signum: int, job: JobInfo) -> None:
+    """A signal that came once training had ended: the run closed FINISHED, and the exit status says so
+    (0); in a sweep the process stops, as asked, before its next job (the sweep ends KILLED)."""
+    name = signal.Signals(signum).name
+    if not job.sweep_id:
+        print(f"bnrepro: received {name} after training had finished; the run is recorded FINISHED", file=sys.stderr)
+        return
+    print(
+        f"bnrepro: received {name} after {job.name or 'a job'} had finished (its run is recorded FINISHED); "
+        "the sweep stops here: re-run the same command to run the rest",
+        file=sys.stderr,
+    )
+    raise SystemExit(128 + signum)
 
 
 def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
@@ -102,8 +124,15 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     identity = job_identity(cfg)
     if is_tracked(cfg):
         # An unusable store fails now, naming its URI; runs whose process died are closed FAILED
-        # ("lost") before this job looks up runs to resume or skip.
-        mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)), cfg.logger.stale_after_seconds)
+        # ("lost", each judged by its own recorded heartbeat settings) before this job looks up runs to resume or skip.
+        mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)))
+    # Rank 0 claims the job's directory: an identical command started at the same moment waits, then skips it.
+    with job_claim(job.output_dir if global_rank() == 0 else None):
+        return start(cfg, job, identity)
+
+
+def start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> dict[str, float]:
+    """Decide how the job starts (fresh, resumed, skipped: `lifecycle.resume`), then train it."""
     plan = plan_start(cfg, job, identity)
     if plan.start == "skipped":
         return skip(cfg, job, plan)
@@ -113,6 +142,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # missing data fails here, before a run is opened
+    check_batch_fits(cfg, datamodule)
     if cfg.norm.inference == Inference.population and not isinstance(datamodule, InMemoryDataModule):
         # PopulationEvaluation draws its mini-batches from an in-memory training split.
         raise ConfigError(
@@ -162,9 +192,18 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         if cut_short or FINAL_METRICS[0] not in trainer.callback_metrics:  # (or resumed after the last evaluation)
             trainer.validate(module, datamodule=datamodule, verbose=False)
         final = {key: float(trainer.callback_metrics[key]) for key in FINAL_METRICS if key in trainer.callback_metrics}
-        run.log_params({EVAL_EXAMPLES_PARAM: module.eval_examples})
+        run.params_at_close[EVAL_EXAMPLES_PARAM] = module.eval_examples  # (written with the final status)
     log.info("finished %s at step %d: %s", job.name, trainer.global_step, final)
     return final
+
+
+def check_batch_fits(cfg: DictConfig, datamodule) -> None:
+    """A batch larger than an in-memory training split fails before a run is recorded (its size is known
+    once the split is read; DataLoader-fed data checks it when its loader is built)."""
+    if isinstance(datamodule, InMemoryDataModule):
+        train_split, _ = datamodule.read_splits()
+        world_size = processes_per_node(cfg.trainer.devices, cfg.trainer.accelerator) * cfg.trainer.num_nodes
+        require_batch_fits(cfg.data.batch_size, len(train_split), world_size)
 
 
 def skip(cfg: DictConfig, job: JobInfo, plan: StartPlan) -> dict[str, float]:

@@ -12,6 +12,7 @@ exit status that `run` saw.
 import atexit
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -24,7 +25,13 @@ def install() -> None:
 
 
 def run(entry: Callable[[], object]) -> None:
-    """Call `entry` and remember the exit status it leads to, for `_exit_now`."""
+    """Call `entry` and remember the exit status it leads to, for `_exit_now`.
+
+    A Ctrl+C that reaches here (while Hydra composes, between a sweep's jobs, in a launcher waiting
+    for its workers) is one line, not a traceback. Once `entry` is done every run is closed, so
+    further SIGINT/SIGTERM are ignored: a late Ctrl+C cannot break the exit handlers (closing an
+    abandoned sweep's run) with a KeyboardInterrupt traceback.
+    """
     global _status
     try:
         entry()
@@ -34,7 +41,11 @@ def run(entry: Callable[[], object]) -> None:
         raise
     except KeyboardInterrupt:
         _status = 130  # 128 + SIGINT, what the shell reports for Ctrl+C
-        raise
+        print("bnrepro: interrupted by SIGINT", file=sys.stderr)
+        raise SystemExit(_status) from None
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def exit_status(code: object) -> int:

@@ -7,7 +7,8 @@ evaluation, if one was due) raises `RunInterrupted(at_boundary=True)`, so the mo
 LR schedule, step counter and RNG states all describe the same optimizer step and the checkpoint
 callback can save them (`callbacks.checkpointing`). A second signal stops at once, without a
 checkpoint. The run then ends KILLED in MLflow with the signal as its reason
-(`tracking.TrackedRun`), and the process exits with 128 + the signal number.
+(`tracking.TrackedRun`), and the process exits with 128 + the signal number. Once the run starts
+closing, signals are held (`hold_signals`): the closing finishes, then the job reports them.
 
 The stop decision is reduced across ranks (any rank's signal stops all of them at the same
 step), so it also holds under DDP.
@@ -40,13 +41,23 @@ class RunInterrupted(BaseException):
 
 
 class _SignalState:
-    """The signal received (if any) and whether training defers it to a chunk boundary."""
+    """The signal received (if any), whether training defers it to a chunk boundary, and whether the
+    run is being closed (`hold_signals`), when signals are only recorded."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.deferred = False
+        self.holding = False
+        self.held: int | None = None
+
+    def reset(self) -> None:
+        self.received, self.deferred, self.holding, self.held = None, False, False, None
 
     def handle(self, signum: int, frame) -> None:
+        if self.holding:
+            self.held = signum
+            log.warning("received %s while the run is being closed: closing it first", signal.Signals(signum).name)
+            return
         again = self.received is not None
         self.received = signum
         if not self.deferred or again:  # a second Ctrl+C stops at once, without a checkpoint
@@ -67,7 +78,7 @@ def interruptible() -> Iterator[None]:
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    _state.received, _state.deferred = None, False
+    _state.reset()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _state.handle)
     try:
@@ -75,7 +86,22 @@ def interruptible() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _state.received, _state.deferred = None, False
+        _state.reset()
+
+
+def hold_signals() -> None:
+    """From now until the job ends (`interruptible` exits), SIGINT/SIGTERM are recorded, never raised.
+
+    Called when a run starts closing (`tracking.run.TrackedRun`): a signal raised halfway through
+    writing its last metrics, tags and status would leave it RUNNING. `held_signal` says what
+    arrived, for the job to report once the run is closed.
+    """
+    _state.holding = True
+
+
+def held_signal() -> int | None:
+    """The last signal received while signals were held (None: none)."""
+    return _state.held
 
 
 def validation_follows(trainer: L.Trainer, batch_idx: int) -> bool:

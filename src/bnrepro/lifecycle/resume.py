@@ -3,8 +3,8 @@
 ``resume=<run id>``      continue that MLflow run from its directory's last.ckpt (same run id).
 ``resume=<output dir>``  continue from <dir>/checkpoints/last.ckpt; the checkpoint names its run.
 ``resume=auto``          look the job's identity (bnrepro.lifecycle.identity) up in the store: skip it if a run
-                         with that identity FINISHED, else continue the newest one with a
-                         checkpoint, else start fresh.
+                         with that identity FINISHED, else continue the unfinished one whose
+                         checkpoint got furthest (the newest of equals), else start fresh.
 ``resume=null``          (default) ``auto`` for the jobs of a multirun, fresh for a single run: so
                          re-running a sweep command skips finished jobs, resumes interrupted
                          ones and runs the rest.
@@ -77,7 +77,8 @@ def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
     finished = [run for run in runs if run.info.status == "FINISHED"]
     if finished:
         return StartPlan("skipped", run_id=finished[0].info.run_id)
-    for run in runs:  # newest first
+    resumable = []  # (step, run, output dir), newest run first
+    for run in runs:
         if run.info.status == "RUNNING":
             continue  # alive (lost runs were just marked FAILED): never continue a run another process writes
         output_dir, path = _run_checkpoint(run)
@@ -88,10 +89,17 @@ def _auto(cfg: DictConfig, identity: JobIdentity) -> StartPlan:
         except CheckpointError as error:
             log.warning("not resuming run %s: %s", run.info.run_id, error)
             continue
-        if state["meta"].get("identity") != identity.digest:
-            continue
-        return StartPlan("resumed", run.info.run_id, output_dir)
-    return FRESH
+        if state["meta"].get("identity") == identity.digest:
+            resumable.append((state.get("global_step", 0), run, output_dir))
+    if not resumable:
+        return FRESH
+    step, run, output_dir = max(resumable, key=lambda candidate: candidate[0])  # the first of equals: the newest
+    if len(resumable) > 1:
+        log.info(
+            "resume=auto: %d unfinished runs of this job; continuing %s, the furthest (step %d)",
+            len(resumable), run.info.run_id, step,
+        )  # fmt: skip
+    return StartPlan("resumed", run.info.run_id, output_dir)
 
 
 def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> StartPlan:
@@ -111,6 +119,8 @@ def _from_directory(cfg: DictConfig, directory: Path, identity: JobIdentity) -> 
                 f"resume={directory}: its checkpoint belongs to MLflow run {run_id}, which is not in {uri}; "
                 "set MLFLOW_TRACKING_URI to the store it was tracked in, or resume untracked with logger=none"
             )
+        if run.info.status == "FINISHED":  # as resume=<its run id> does: nothing is left to train
+            return StartPlan("skipped", run_id=run_id)
         _check_resumable(run, f"resume={directory}")
     return StartPlan("resumed", run_id if is_tracked(cfg) else None, str(directory.resolve()))
 
@@ -129,6 +139,11 @@ def _from_run_id(cfg: DictConfig, run_id: str, identity: JobIdentity) -> StartPl
         return StartPlan("skipped", run_id=run_id)
     _check_resumable(run, f"resume={run_id}")
     output_dir, path = _run_checkpoint(run)
+    if output_dir and not Path(output_dir).is_dir():
+        raise ResumeError(
+            f"resume={run_id}: the run's output directory {output_dir} no longer exists; if it was moved, "
+            "give its new location (resume=<dir>), else start a new run (rerun=true)"
+        )
     if path is None:
         raise ResumeError(
             f"resume={run_id}: the run saved no checkpoint (looked in {output_dir or '?'}/checkpoints); "

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from bnrepro.messages import cause, first_line
-from bnrepro.tracking.store import iter_chunks
+from bnrepro.tracking.store import TrackingError, iter_chunks
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,12 @@ class MLflowMetricsLogger(Logger):
             self.flush()
 
     def flush(self, wait: bool = False) -> None:
-        """Hand every pending metric to the writer; with `wait`, block until all are in the store."""
+        """Hand every pending metric to the writer; with `wait`, block until all are in the store.
+
+        Metrics whose write failed before (a store locked past the writer's retries) are handed over again.
+        """
+        if self._unwritten:
+            self._pending, self._unwritten, self._error = [*self._unwritten, *self._pending], [], None
         if self._pending:
             self._start_writer()
             self._batches.put(self._pending)
@@ -76,13 +81,20 @@ class MLflowMetricsLogger(Logger):
             self._batches.join()
             if self._error is not None:
                 error, count = self._error, len(self._unwritten)
-                raise RuntimeError(
-                    f"{count} metrics could not be written to MLflow run {self._run_id} ({cause(error)})"
+                raise TrackingError(
+                    f"{count} metrics could not be written to MLflow run {self._run_id} in "
+                    f"{self._client.tracking_uri} ({cause(error)}); make the store writable (free disk space, "
+                    "permissions, the process holding it locked), then resume the run"
                 ) from error
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.flush(wait=True)
+        """Lightning ends a fit or validate: write everything; what a busy store refuses now, the run's
+        closing (`TrackedRun`, with its retries) writes, so a locked store does not fail a trained run."""
+        try:
+            self.flush(wait=True)
+        except TrackingError as error:
+            log.warning("%s; retrying when the run closes", error)
         self._stop_writer()
 
     def _start_writer(self) -> None:

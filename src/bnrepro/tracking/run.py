@@ -17,17 +17,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.config import flatten
 from bnrepro.lifecycle.distributed import global_rank
+from bnrepro.lifecycle.interruption import hold_signals
 from bnrepro.messages import cause
 from bnrepro.tracking.job import JobInfo, git_state
-from bnrepro.tracking.liveness import Heartbeat
+from bnrepro.tracking.liveness import Heartbeat, liveness_tags
 from bnrepro.tracking.metrics import ContinuedMetricsLogger, MLflowMetricsLogger
-from bnrepro.tracking.store import experiment_id, iter_chunks, logged_through, open_store, write_tags
+from bnrepro.tracking.store import (
+    TrackingError,
+    experiment_id,
+    iter_chunks,
+    logged_through,
+    open_store,
+    write_tags,
+)
 from bnrepro.tracking.tags import (
     CODE_VERSION_TAG,
     DIVERGED_LOSS_TAG,
     DIVERGED_STEP_TAG,
     FAILURE_TAG,
-    HEARTBEAT_TAG,
     IDENTITY_TAG,
     MAX_PARAM_LENGTH,
     OUTCOME_TAG,
@@ -59,19 +66,19 @@ class TrackedRun:
         self.resumed = resume_run_id is not None
         self.logger: MLflowMetricsLogger | None = None
         self.outcome: str | None = None  # set by mark_diverged; else decided when the run closes
+        self.params_at_close: dict[str, Any] = {}  # params known only at the end, written with the status
         self._heartbeat: Heartbeat | None = None
 
     def __enter__(self) -> "TrackedRun":
-        if self.resumed:
-            self._reopen()
-        else:
-            experiment = experiment_id(self.client, self.cfg.logger.experiment_name)
-            run = self.client.create_run(experiment, run_name=self.job.name, tags=self._tags())
-            self.run_id = run.info.run_id
-            self.logger = MLflowMetricsLogger(self.client, self.run_id)
-            self._log_params()
-            self.client.log_text(self.run_id, OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
-            self.client.log_text(self.run_id, "\n".join(self.job.overrides) + "\n", "overrides.txt")
+        try:
+            self._open()
+        except Exception as error:  # a read-only store, a full disk, a store locked past SQLite's timeout
+            self._abandon_half_opened(error)
+            raise TrackingError(
+                f"MLflow tracking store {self.client.tracking_uri} refused to record the run ({cause(error)}); "
+                "make it writable (permissions, free disk space, the process holding it locked), "
+                "or set MLFLOW_TRACKING_URI to another store, or logger=none to run untracked"
+            ) from error
         self._heartbeat = Heartbeat(self.client, self.run_id, self.cfg.logger.heartbeat_seconds)
         log.info(
             "MLflow run %s (%s%s) in %s",
@@ -82,27 +89,53 @@ class TrackedRun:
         )
         return self
 
+    def _abandon_half_opened(self, error: Exception) -> None:
+        """A run created (or reopened) before a later write failed must not stay RUNNING, if the store lets us."""
+        if self.run_id is None:
+            return
+        try:
+            self.abandon(f"the run could not be opened: {cause(error)}")
+        except Exception:  # the store refuses this too: the run is marked lost once its own threshold passes
+            log.debug("could not end half-opened run %s", self.run_id, exc_info=True)
+
+    def _open(self) -> None:
+        if self.resumed:
+            self._reopen()
+        else:
+            experiment = experiment_id(self.client, self.cfg.logger.experiment_name)
+            run = self.client.create_run(experiment, run_name=self.job.name, tags=self._tags())
+            self.run_id = run.info.run_id
+            self.logger = MLflowMetricsLogger(self.client, self.run_id)
+            self._log_params()
+            self.client.log_text(self.run_id, OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+            self.client.log_text(self.run_id, "\n".join(self.job.overrides) + "\n", "overrides.txt")
+
     def _reopen(self) -> None:
         run = self.client.get_run(self.run_id)
         self.client.update_run(self.run_id, status="RUNNING")
+        if FAILURE_TAG in run.data.tags:  # why it stopped before: no longer true of a run that continues
+            self.client.delete_tag(self.run_id, FAILURE_TAG)
         tags = {
             **_sweep_tags(self.job),
             START_TAG: "resumed",
             RESUMES_TAG: str(int(run.data.tags.get(RESUMES_TAG, "0")) + 1),
         }
-        tags.update({HEARTBEAT_TAG: str(int(time.time())), OUTCOME_TAG: "running"})
+        tags.update({**self._liveness_tags(), OUTCOME_TAG: "running"})
         self.set_tags(tags)
         self.logger = ContinuedMetricsLogger(self.client, self.run_id, logged_through(self.client, run))
 
     def _tags(self) -> dict[str, str]:
         tags = {**self.job.choices, "seed": str(self.cfg.seed), ROLE_TAG: "job", **git_state()}
-        tags.update({START_TAG: "fresh", HEARTBEAT_TAG: str(int(time.time())), OUTCOME_TAG: "running"})
+        tags.update({START_TAG: "fresh", **self._liveness_tags(), OUTCOME_TAG: "running"})
         if self.identity is not None:
             tags.update({IDENTITY_TAG: self.identity.digest, CODE_VERSION_TAG: self.identity.code_version[:5000]})
         if self.job.output_dir:
             tags[OUTPUT_DIR_TAG] = self.job.output_dir
         tags.update(_sweep_tags(self.job))
         return tags
+
+    def _liveness_tags(self) -> dict[str, str]:
+        return liveness_tags(self.cfg.logger.heartbeat_seconds, self.cfg.logger.stale_after_seconds)
 
     def _log_params(self) -> None:
         from mlflow.entities import Param
@@ -138,24 +171,54 @@ class TrackedRun:
         self.client.set_tag(self.run_id, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
         self.client.set_terminated(self.run_id, status="FAILED")
 
+    CLOSE_ATTEMPTS = 3  # each write already waits out SQLite's 20 s busy timeout; with the pauses, ~2-5 min in all
+    CLOSE_PAUSE_SECONDS = 5.0
+
     def __exit__(self, kind, error, traceback) -> None:
+        hold_signals()  # a signal from here on is reported once the run is closed, never cuts the closing short
         if self._heartbeat is not None:
             self._heartbeat.stop()
         status, outcome = _ending(error)
         tags = {OUTCOME_TAG: self.outcome or outcome}
         if error is not None:
             tags[FAILURE_TAG] = cause(error)
+        log.info("closing MLflow run %s as %s", self.run_id, status)
         try:
-            if self.logger is not None:
-                self.logger.flush(wait=True)
-            self.set_tags(tags)
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception:
-            if error is None:  # the run itself succeeded: its record must not silently stay RUNNING
-                raise
-            log.exception("could not close MLflow run %s as %s", self.run_id, status)
+            self._close(status, tags)
+        except Exception as failure:
+            problem = TrackingError(
+                f"could not close MLflow run {self.run_id} as {status} after {self.CLOSE_ATTEMPTS} attempts "
+                f"({cause(failure)}); it shows RUNNING until a later start marks it FAILED (lost) "
+                f"{self.cfg.logger.stale_after_seconds:.0f} s after its last heartbeat. "
+                "Make the store writable (free space, permissions, the process holding it locked)"
+            )
+            if error is None:  # the run itself succeeded: say why its record is not FINISHED
+                raise problem from failure
+            log.error("%s", problem)  # the run's own error is the one to report
             return
         log.info("MLflow run %s ended %s (%s)", self.run_id, status, tags[OUTCOME_TAG])
+
+    def _close(self, status: str, tags: Mapping[str, Any]) -> None:
+        """Pending metrics, end-of-run params and tags, then the status, retried against a busy store."""
+        from mlflow.entities import Param, RunTag
+
+        params = [Param(key, str(value)) for key, value in self.params_at_close.items()]
+        run_tags = [RunTag(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in tags.items()]
+        for attempt in range(1, self.CLOSE_ATTEMPTS + 1):
+            try:
+                if self.logger is not None:
+                    self.logger.flush(wait=True)  # re-sends metrics an earlier write could not store
+                self.client.log_batch(self.run_id, params=params, tags=run_tags)
+                self.client.set_terminated(self.run_id, status=status)
+                return
+            except Exception as error:
+                if attempt == self.CLOSE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "closing MLflow run %s failed (%s); retrying in %.0f s", self.run_id, cause(error),
+                    self.CLOSE_PAUSE_SECONDS * attempt,
+                )  # fmt: skip
+                time.sleep(self.CLOSE_PAUSE_SECONDS * attempt)
 
 
 def _ending(error: BaseException | None) -> tuple[str, str]:
@@ -176,6 +239,9 @@ class NoTracking:
 
     run_id = None
     logger = None
+
+    def __init__(self) -> None:
+        self.params_at_close: dict[str, Any] = {}
 
     def __enter__(self) -> "NoTracking":
         return self

@@ -27,17 +27,20 @@ def client_for(uri: str):
 def open_store(uri: str):
     """A client for `uri` whose store answered: fails fast, naming the URI, before anything trains.
 
-    A fresh SQLite store is created by the first client that touches it (MLflow runs its schema
-    migrations); parallel jobs starting together on a fresh file would race on that, so the first
-    touch in each process holds an exclusive lock file beside the database.
+    A new SQLite store is created atomically (`_create_sqlite_store`); parallel jobs starting together
+    on a new store would race on that, so the first touch in each process holds an exclusive lock file
+    beside the database.
     """
     if uri in _OPENED_STORES:
         return _OPENED_STORES[uri]
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+    _check_sqlite_writable(uri)
     try:
-        with _SqliteInitLock(uri):
-            client = client_for(uri)  # MLflow creates (migrates) a SQLite store's tables right here
+        with _SqliteInitLock(uri) as database:
+            if database is not None and not _holds_a_store(database):
+                _create_sqlite_store(database, uri)
+            client = client_for(uri)
             client.search_experiments(max_results=1)
     except Exception as error:
         raise TrackingError(
@@ -67,25 +70,65 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
         ) from error
 
 
+def _check_sqlite_writable(uri: str) -> None:
+    """A SQLite store that cannot be written (read-only file system or file) fails before any run is created."""
+    database = _sqlite_database(uri)
+    if database is None:
+        return
+    existing = next(path for path in (database, *database.parents) if path.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    unwritable = [path for path in {existing, folder} if not os.access(path, os.W_OK)]
+    if unwritable:
+        raise TrackingError(
+            f"MLflow tracking store {uri} is read-only ({unwritable[0]} cannot be written); make it writable, "
+            "or set MLFLOW_TRACKING_URI to another store, or logger=none to run untracked"
+        )
+
+
+def _sqlite_database(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _holds_a_store(database: Path) -> bool:
+    return database.is_file() and database.stat().st_size > 0  # (SQLite may leave an empty file on connect)
+
+
+def _create_sqlite_store(database: Path, uri: str) -> None:
+    """Create and migrate a new SQLite store under a temporary name, then rename it into place.
+
+    MLflow creates a store's tables in many migration steps; a signal among them (Ctrl+C in the first
+    seconds of `make demo`) would leave a file that no later start can migrate ("table ... already
+    exists"). Built aside and renamed (`os.replace`, atomic on POSIX), an interrupted first start
+    leaves no store at all, and the next start builds it again (the caller holds `_SqliteInitLock`).
+    """
+    partial = database.with_name(database.name + ".creating")
+    for leftover in (partial, partial.with_name(partial.name + "-journal")):  # from an interrupted creation
+        leftover.unlink(missing_ok=True)
+    query = uri.partition("?")[2]
+    client_for(f"sqlite:///{partial}" + (f"?{query}" if query else "")).search_experiments(max_results=1)
+    os.replace(partial, database)
+
+
 class _SqliteInitLock:
-    """An exclusive flock on <database>.lock while a process first touches a SQLite store."""
+    """An exclusive flock on <database>.lock while a process first touches a SQLite store; yields the database."""
 
     def __init__(self, uri: str):
-        self.path = None
-        if uri.startswith("sqlite:///"):  # (open_store takes it only for a store not yet opened here)
-            database = uri[len("sqlite:///") :].split("?", 1)[0]
-            if database and database != ":memory:":
-                self.path = Path(database + ".lock")
+        self.database = _sqlite_database(uri)  # (open_store takes it only for a store not yet opened here)
         self._file = None
 
-    def __enter__(self) -> None:
-        if self.path is None:
-            return
+    def __enter__(self) -> Path | None:
+        if self.database is None:
+            return None
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.database.with_name(self.database.name + ".lock"), "a")
         fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self.database
 
     def __exit__(self, *exc_info) -> None:
         if self._file is not None:

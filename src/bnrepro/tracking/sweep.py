@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,10 @@ from omegaconf import DictConfig
 
 from bnrepro.messages import cause, first_line
 from bnrepro.tracking.job import git_state
-from bnrepro.tracking.liveness import Heartbeat, mark_lost_runs
+from bnrepro.tracking.liveness import Heartbeat, liveness_tags, mark_lost_runs
 from bnrepro.tracking.store import client_for, experiment_id, open_store, search_runs
 from bnrepro.tracking.tags import (
     FAILURE_TAG,
-    HEARTBEAT_TAG,
     MAX_PARAM_LENGTH,
     OUTCOME_TAG,
     ROLE_TAG,
@@ -50,11 +48,11 @@ class SweepTracking(Callback):
         if config.logger.kind == "none":
             return
         client = open_store(tracking_uri(config.logger.tracking_uri))
-        mark_lost_runs(client, config.logger.stale_after_seconds)
+        mark_lost_runs(client)
         sweep_id = str(config.hydra.sweep.dir)
         name = config.get("sweep_name") or sweep_id
         tags = {ROLE_TAG: "sweep", SWEEP_ID_TAG: sweep_id, SWEEP_NAME_TAG: name, **git_state()}
-        tags[HEARTBEAT_TAG] = str(int(time.time()))
+        tags.update(liveness_tags(config.logger.heartbeat_seconds, config.logger.stale_after_seconds))
         run = client.create_run(experiment_id(client, config.logger.experiment_name), run_name=name, tags=tags)
         client.log_text(run.info.run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep_overrides.txt")
         os.environ[SWEEP_RUN_ENV] = run.info.run_id

@@ -12,6 +12,9 @@ SWEEP_NAME_TAG = "bnrepro.sweep_name"
 ROLE_TAG = "bnrepro.role"  # "sweep" for a sweep's parent run, "job" for a training run
 FAILURE_TAG = "bnrepro.failure"  # why a run did not complete, one line
 HEARTBEAT_TAG = "bnrepro.heartbeat"  # unix seconds of the last sign of life of the process writing the run
+# The writing process's own liveness settings, recorded at each (re)start: every later start judges the run by them.
+HEARTBEAT_SECONDS_TAG = "bnrepro.heartbeat_seconds"
+STALE_AFTER_TAG = "bnrepro.stale_after_seconds"
 IDENTITY_TAG = "bnrepro.identity"  # the job's content identity (bnrepro.lifecycle.identity)
 CODE_VERSION_TAG = "bnrepro.code_version"
 START_TAG = "bnrepro.start"  # "fresh" | "resumed" | "skipped" (the latest start of this run)

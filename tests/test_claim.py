@@ -1,0 +1,38 @@
+"""A job's claim on its directory: two identical sweeps started at once never train the same job twice."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import QUICK, ROOT
+from mlflow.tracking import MlflowClient
+
+from bnrepro.tracking.tags import ROLE_TAG, START_TAG
+
+
+def start_sweep(tmp_path) -> subprocess.Popen:
+    command = [
+        sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "trainer.max_steps=200", *QUICK,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps_started_at_once_train_each_job_once(store, tmp_path):
+    sweeps = [start_sweep(tmp_path), start_sweep(tmp_path)]
+    for sweep in sweeps:
+        _, stderr = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, stderr[-2000:]
+
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`{ROLE_TAG}` = 'job'")
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
+    assert sorted(run.data.tags[START_TAG] for run in runs) == ["skipped", "skipped"]  # the second sweep's view
+    for run in runs:
+        steps = [point.step for point in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert len(steps) == len(set(steps)) == 20  # one writer: every step once
