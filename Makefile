@@ -51,7 +51,7 @@ help: ## List the targets, one line each
 # The main job on the embedded data: BN vs no BN on mnist_mini, then the comparison read back from MLflow.
 demo: $(STAMP) ## BN vs no BN on the bundled MNIST digits, then the comparison from MLflow
 	$(ONE_THREAD) $(TRAIN) -m experiment=mnist_fig1 data=mnist_mini norm=bn,none trainer.max_steps=3000 \
-		trainer.enable_progress_bar=false sweep_name=demo $(ARGS)
+		sweep_name=demo $(ARGS)
 	$(PY) -m bnrepro.report.summary demo
 
 train: $(STAMP) ## One run: train.py with the overrides in ARGS
@@ -74,7 +74,7 @@ clean: ## Delete runs, sweeps, reports, benchmarks, the MLflow store and caches 
 # The paper's Figure 1 experiment (sweeps/mnist_fig1.yaml): BN vs no BN, seeds $(SEEDS), 50,000 steps at
 # batch 60. Full MNIST by default; offline: `make reproduce-mnist DATA=mnist_mini`; more overrides in ARGS.
 reproduce-mnist: $(STAMP) ## Figure 1 (Sec. 4.1): BN vs no BN, seeds SEEDS (0,1,2), on DATA (mnist; offline: mnist_mini)
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) $(ARGS)
 
 # Figure 1(a,b,c), the comparison table and every claim's verdict for a sweep (default: the latest
 # mnist_fig1), written to outputs/reports/<sweep>/ and logged to the sweep's parent MLflow run.

@@ -1,13 +1,12 @@
 """Opening the MLflow store and finding runs in it: the one paged search that resume, lost-run
 marking, the sweep summary and the report all use. Imports MLflow only inside functions, never torch."""
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bnrepro.messages import cause
-from bnrepro.tracking.tags import IDENTITY_TAG, MAX_PARAM_LENGTH, ROLE_TAG, STORE_DIR
+from bnrepro.tracking.tags import EXPERIMENT_KIND_TAG, IDENTITY_TAG, MAX_PARAM_LENGTH, ROLE_TAG
 
 
 class TrackingError(RuntimeError):
@@ -71,11 +70,8 @@ class _SqliteInitLock:
     """An exclusive flock on <database>.lock while a process first touches a SQLite store."""
 
     def __init__(self, uri: str):
-        self.path = None
-        if uri.startswith("sqlite:///"):  # (open_store takes it only for a store not yet opened here)
-            database = uri[len("sqlite:///") :].split("?", 1)[0]
-            if database and database != ":memory:":
-                self.path = Path(database + ".lock")
+        database = sqlite_file(uri)  # (open_store takes it only for a store not yet opened here)
+        self.path = database.with_name(database.name + ".lock") if database else None
         self._file = None
 
     def __enter__(self) -> None:
@@ -93,20 +89,36 @@ class _SqliteInitLock:
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created (artifacts under outputs/ for the default store) if absent."""
+    """The id of experiment `name`, created if absent (artifacts beside a SQLite store: `artifact_root`)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None
-    if client.tracking_uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-        artifacts = (STORE_DIR / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifacts)
+        experiment_id = client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
     except Exception:  # another job of a parallel sweep created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+    # Without this tag the MLflow 3 UI opens the experiment on its GenAI overview (traces, tokens), not the runs.
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    return experiment_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: for a SQLite store, `mlartifacts/` beside the database file
+    (MLflow's own default is ./mlruns of whatever directory the command runs in); for a tracking server or
+    another database, None: the server's --artifacts-destination or MLflow's default-artifact-root decides."""
+    database = sqlite_file(uri)
+    return (database.resolve().parent / "mlartifacts").as_uri() if database else None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for another store or an in-memory database)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(database) if database and database != ":memory:" else None
 
 
 SEARCH_PAGE = 1000
