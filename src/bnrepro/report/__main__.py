@@ -6,10 +6,12 @@ latest sweep of that name wins) and writes, under outputs/reports/<sweep name>/:
 * fig1a.png             test accuracy vs steps, mean over seeds with a min-max band (Fig. 1a)
 * fig1b.png, fig1c.png  {15,50,85}th percentiles of a typical last-hidden-layer unit without / with BN
 * report.md             data, steps and seeds; the comparison table; the claims and their verdicts
+* report.html           the same as one self-contained page (figures inline), as the MLflow UI shows it
 * claims.json           the same verdicts, machine-readable: per claim the runs used, the effect, its
                         interval, the test and correction (byte-identical on the same store)
 
-then uploads that folder as artifacts (``report/``) of the sweep's parent run. Exit code 2 with
+then uploads that folder as artifacts (``report/``) of the sweep's parent run, with the comparison and the
+verdicts as its description and one summary metric per configuration (`bnrepro.report.ui`). Exit code 2 with
 one line on stderr for an unknown sweep or a malformed claims file.
 """
 
@@ -31,6 +33,7 @@ from bnrepro.report.claims import (
 from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_unit
 from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep, numeric_order
 from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
+from bnrepro.report.ui import data_uri, parent_note, report_html, summary_metrics
 
 REPORTS_DIR = Path("outputs/reports")
 
@@ -67,12 +70,16 @@ def write_report(
     (out_dir / "report.md").write_text(
         report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope)
     )
+    inline = {key: data_uri(out_dir / name) for key, name in figures.items()}
+    page = report_markdown(sweep, about, rows, target, rule, results, inline, notes, out_of_scope)
+    (out_dir / "report.html").write_text(report_html(page, f"Report: sweep {sweep.name}"))
     document = claims_document(sweep, about, results, out_of_scope, claims_file)
     (out_dir / "claims.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     if upload:
         from bnrepro.tracking.sweep import log_report  # writing to MLflow happens in tracking/ only (Hydra: lazily)
 
-        log_report(sweep.parent_run_id, out_dir, uri=uri)
+        note, metrics = parent_note(rows, target, results), summary_metrics(rows)
+        log_report(sweep.parent_run_id, out_dir, uri=uri, note=note, metrics=metrics)
     return out_dir
 
 
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnrepro: error: {error}", file=sys.stderr)
         return 2
     verdicts = json.loads((out_dir / "claims.json").read_text())["verdicts"]
-    print(f"report written to {out_dir}/ (report.md, claims.json, figures)")
+    print(f"report written to {out_dir}/ (report.md, report.html, claims.json, figures)")
     for claim_id, verdict in verdicts.items():
         print(f"  {verdict:<13} {claim_id}")
     return 0

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from bnrepro.tracking.tags import (
     FAILURE_TAG,
     HEARTBEAT_TAG,
     MAX_PARAM_LENGTH,
+    NOTE_TAG,
     OUTCOME_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -221,7 +223,21 @@ def sweep_summary(client, parent_run_id: str) -> str:
 
 
 def log_report(
-    parent_run_id: str, directory: str | Path, uri: str | None = None, artifact_path: str = "report"
+    parent_run_id: str,
+    directory: str | Path,
+    uri: str | None = None,
+    artifact_path: str = "report",
+    note: str | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> None:
-    """Upload a sweep's report (figures, report.md, claims.json) as artifacts of its parent run."""
-    client_for(tracking_uri(uri)).log_artifacts(parent_run_id, str(directory), artifact_path=artifact_path)
+    """Upload a sweep's report (figures, report.md, report.html, claims.json) as artifacts of its parent run,
+    with `note` as the run's description in the MLflow UI and `metrics` logged on it (step 0)."""
+    from mlflow.entities import Metric
+
+    client = client_for(tracking_uri(uri))
+    client.log_artifacts(parent_run_id, str(directory), artifact_path=artifact_path)
+    if note:
+        client.set_tag(parent_run_id, NOTE_TAG, note)
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(parent_run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
