@@ -9,7 +9,6 @@ TRAIN := $(PY) train.py
 ONE_THREAD := OMP_NUM_THREADS=1
 HOST ?= 127.0.0.1
 PORT ?= 5000
-STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS ?=
 DATA ?= mnist
 SEEDS ?= 0,1,2
@@ -57,16 +56,17 @@ demo: $(STAMP) ## BN vs no BN on the bundled MNIST digits, then the comparison f
 train: $(STAMP) ## One run: train.py with the overrides in ARGS
 	$(TRAIN) $(ARGS)
 
-ui: $(STAMP) ## The MLflow UI over outputs/mlflow.db on HOST:PORT (127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+# Prints the link to each experiment's runs list and to the latest sweep's parent run first.
+ui: $(STAMP) ## The MLflow UI over the store (MLFLOW_TRACKING_URI, else outputs/mlflow.db) on HOST:PORT (127.0.0.1:5000)
+	$(PY) -m bnrepro.tracking.ui ui --host $(HOST) --port $(PORT)
 
-# An MLflow tracking server over the same SQLite store, for many parallel writers (e.g. a joblib or
-# submitit sweep): one process owns the database file. Binds to $(HOST) (127.0.0.1: this machine only);
-# point jobs at it with MLFLOW_TRACKING_URI=http://$(HOST):$(PORT). See README "When things go wrong".
+# An MLflow tracking server over the same SQLite store (MLFLOW_TRACKING_URI, else outputs/mlflow.db), for
+# many parallel writers (e.g. a joblib or submitit sweep): one process owns the database file, artifacts go
+# beside it. Binds to $(HOST) (127.0.0.1: this machine only); point jobs at it with
+# MLFLOW_TRACKING_URI=http://$(HOST):$(PORT). See README "When things go wrong".
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## An MLflow tracking server over the same store, for many parallel writers
-	$(VENV)/bin/mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/outputs/mlartifacts \
-		--host $(HOST) --port $(PORT)
+	$(PY) -m bnrepro.tracking.ui server --host $(HOST) --port $(PORT)
 
 clean: ## Delete runs, sweeps, reports, benchmarks, the MLflow store and caches under outputs/
 	rm -rf outputs/runs outputs/multirun outputs/reports outputs/bench outputs/mlflow.db outputs/mlflow.db.lock outputs/mlartifacts outputs/cache

@@ -5,7 +5,8 @@ import sys
 
 from conftest import compose_config
 
-from bnrepro.callbacks.progress import duration, progress_line
+from bnrepro.callbacks.progress import progress_line
+from bnrepro.messages import duration
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm import tqdm
 
+from bnrepro.messages import duration
+
 log = logging.getLogger(__name__)
 
 BAR_FORMAT = "step {n:,}/{total:,} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
@@ -91,13 +93,3 @@ def progress_line(step: int, max_steps: int, first_step: int, elapsed: float, ac
     eta = duration((max_steps - step) / rate) if rate else "?"
     line = f"step {step:,}/{max_steps:,} ({step / max_steps:.0%}), {rate:,.0f} steps/s, ETA {eta}"
     return line + (f", {SHOWN_METRIC} {float(accuracy):.1%}" if accuracy is not None else "")
-
-
-def duration(seconds: float) -> str:
-    """'45s', '3m05s', '2h10m'."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -34,6 +34,7 @@ from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_
 from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep, numeric_order
 from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
 from bnrepro.report.ui import data_uri, parent_note, report_html, summary_metrics
+from bnrepro.tracking.ui import sweep_link
 
 REPORTS_DIR = Path("outputs/reports")
 
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report written to {out_dir}/ (report.md, report.html, claims.json, figures)")
     for claim_id, verdict in verdicts.items():
         print(f"  {verdict:<13} {claim_id}")
+    if not args.no_upload:
+        parent = json.loads((out_dir / "claims.json").read_text())["parent_run_id"]
+        print(f"in the MLflow UI (make ui): {sweep_link(parent, artifact='report/report.html')}")
     return 0
 
 

@@ -13,6 +13,7 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI and the fix."""
 
 
+MODEL_TRAINING = "custom_model_development"  # the experiment kind whose UI opens on the runs list (MLflow 3)
 _OPENED_STORES: dict[str, Any] = {}  # uri -> a client whose store answered (in this process)
 
 
@@ -92,6 +93,8 @@ def experiment_id(client, name: str) -> str:
     """The id of experiment `name`, created if absent (artifacts beside a SQLite store: `artifact_root`)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # (made before bnrepro set it)
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return experiment.experiment_id
     try:
         experiment_id = client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
@@ -101,7 +104,7 @@ def experiment_id(client, name: str) -> str:
             raise
         return experiment.experiment_id
     # Without this tag the MLflow 3 UI opens the experiment on its GenAI overview (traces, tokens), not the runs.
-    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment_id
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnrepro.messages import cause, first_line
+from bnrepro.messages import cause, duration, first_line
 from bnrepro.tracking.job import git_state
 from bnrepro.tracking.liveness import Heartbeat, mark_lost_runs
 from bnrepro.tracking.store import client_for, experiment_id, open_store, search_runs
@@ -38,6 +38,7 @@ from bnrepro.tracking.tags import (
     SWEEP_VARYING_ENV,
     tracking_uri,
 )
+from bnrepro.tracking.ui import sweep_link
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def job_outcome(job_return: Any) -> str:
 
 def progress_line(done: int, jobs: int | None, outcome: str, elapsed: float) -> str:
     """'job 2/4 done (completed, val/acc 91.2%), 1m10s elapsed, ETA 2m20s for the rest'."""
-    from bnrepro.callbacks.progress import duration
-
     if jobs is None:
         return f"job {done} done ({outcome}), {duration(elapsed)} elapsed"
     line = f"job {done}/{jobs} done ({outcome}), {duration(elapsed)} elapsed"
@@ -160,7 +159,9 @@ class SweepTracking(Callback):
             summary = sweep_summary(client, parent)
             client.set_tag(parent, SUMMARY_TAG, summary)
             client.set_terminated(parent, status="FINISHED")
-            print(f"sweep {sweep_name(config, self._plan)}: {summary}", flush=True)
+            name = sweep_name(config, self._plan)
+            print(f"sweep {name}: {summary}", flush=True)
+            print(f"sweep {name} in the MLflow UI (make ui): {sweep_link(parent, config.logger.tracking_uri)}")
 
     def _stop_heartbeat(self) -> None:
         """The parent run is being closed here: no more heartbeats, no closing at exit."""
