@@ -130,7 +130,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         if cfg.norm.inference == Inference.population:
             callbacks.append(PopulationEvaluation(cfg.norm.population_batches, cfg.norm.population_at, cfg.seed))
         callbacks = prepare_checkpointing(callbacks, plan, run.run_id, identity, output_dir)
-        trainer = build_trainer(cfg, run.logger, [*callbacks, GracefulStop()], datamodule.steps_per_batch, output_dir)
+        callbacks = [*callbacks, *run.callbacks(), GracefulStop()]
+        trainer = build_trainer(cfg, run.logger, callbacks, datamodule.steps_per_batch, output_dir)
         net = instantiate(cfg.model.net, num_classes=datamodule.num_classes)
         if ddp and cfg.norm.sync:  # mini-batch statistics over all replicas (Algorithm 1 on the global batch)
             net = convert_sync_batchnorm(net, trainer.strategy.root_device.type)

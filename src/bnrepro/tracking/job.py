@@ -75,3 +75,11 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(status.strip()))}
+
+
+def with_context_tags(tags: dict[str, str]) -> dict[str, str]:
+    """`tags` over MLflow's own context tags (mlflow.user, mlflow.source.name and .type, mlflow.source.git.*),
+    from MLflow's public context-provider registry, as `mlflow.start_run` sets them and `create_run` does not."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(tags)

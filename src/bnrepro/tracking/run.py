@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnrepro.config import flatten
 from bnrepro.lifecycle.distributed import global_rank
 from bnrepro.messages import cause
-from bnrepro.tracking.job import JobInfo, git_state
+from bnrepro.tracking.job import JobInfo, git_state, with_context_tags
 from bnrepro.tracking.liveness import Heartbeat
 from bnrepro.tracking.metrics import ContinuedMetricsLogger, MLflowMetricsLogger
 from bnrepro.tracking.store import experiment_id, iter_chunks, logged_through, open_store, write_tags
@@ -66,7 +66,7 @@ class TrackedRun:
             self._reopen()
         else:
             experiment = experiment_id(self.client, self.cfg.logger.experiment_name)
-            run = self.client.create_run(experiment, run_name=self.job.name, tags=self._tags())
+            run = self.client.create_run(experiment, run_name=self.job.name, tags=with_context_tags(self._tags()))
             self.run_id = run.info.run_id
             self.logger = MLflowMetricsLogger(self.client, self.run_id)
             self._log_params()
@@ -118,6 +118,17 @@ class TrackedRun:
             return value
         log.warning("param %s is %d characters long; the full value is in config.yaml", key, len(value))
         return value[: MAX_PARAM_LENGTH - 40] + " ... [truncated: see config.yaml]"
+
+    def callbacks(self) -> list:
+        """The Lightning callbacks that write to this run: its data splits as dataset inputs and, with
+        logger.system_metrics=true, MLflow's system metrics (CPU, memory, GPU) while it trains."""
+        from bnrepro.tracking.inputs import DatasetInputs, SystemMetrics
+
+        data = self.cfg.data
+        name = self.job.choices.get("data") or str(data._target_).rsplit(".", 1)[-1]
+        source = {"target": str(data._target_), **({"data_dir": str(data.data_dir)} if "data_dir" in data else {})}
+        system = [SystemMetrics(self.run_id, self.client.tracking_uri)] if self.cfg.logger.system_metrics else []
+        return [DatasetInputs(self.client, self.run_id, name, source), *system]
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Extra params known only once the run is built (e.g. the global batch size)."""
@@ -185,6 +196,9 @@ class NoTracking:
 
     def abandon(self, reason: str) -> None:
         pass
+
+    def callbacks(self) -> list:
+        return []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass

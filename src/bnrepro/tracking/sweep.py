@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from bnrepro.messages import cause, duration, first_line
-from bnrepro.tracking.job import git_state
+from bnrepro.tracking.job import git_state, with_context_tags
 from bnrepro.tracking.liveness import Heartbeat, mark_lost_runs
 from bnrepro.tracking.store import client_for, experiment_id, open_store, search_runs
 from bnrepro.tracking.tags import (
@@ -120,7 +120,8 @@ class SweepTracking(Callback):
         name = sweep_name(config, self._plan)
         tags = {ROLE_TAG: "sweep", SWEEP_ID_TAG: sweep_id, SWEEP_NAME_TAG: name, **git_state()}
         tags[HEARTBEAT_TAG] = str(int(time.time()))
-        run = client.create_run(experiment_id(client, config.logger.experiment_name), run_name=name, tags=tags)
+        experiment = experiment_id(client, config.logger.experiment_name)
+        run = client.create_run(experiment, run_name=name, tags=with_context_tags(tags))
         client.log_text(run.info.run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep_overrides.txt")
         os.environ[SWEEP_RUN_ENV] = run.info.run_id
         self._heartbeat = Heartbeat(client, run.info.run_id, config.logger.heartbeat_seconds)
