@@ -19,7 +19,7 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 IMAGENET_DIR_ARG := $(if $(filter-out data/imagenet,$(IMAGENET_DIR)),data.data_dir=$(IMAGENET_DIR))
 FASHION_MNIST_DIR_ARG := $(if $(filter-out /usr/share/datasets/fashion-mnist,$(FASHION_MNIST_DIR)),data.data_dir=$(FASHION_MNIST_DIR))
 
-.PHONY: help install test test-slow lint demo train ui clean reproduce-mnist report reproduce-imagenet reproduce-proxy reproduce \
+.PHONY: help install test test-slow lint demo train ui ui-check clean reproduce-mnist report reproduce-imagenet reproduce-proxy reproduce \
 	bench-inception bench
 
 install: $(STAMP) ## Create .venv and install the package with its dev extras (again when pyproject.toml changes)
@@ -59,6 +59,11 @@ train: $(STAMP) ## One run: train.py with the overrides in ARGS
 # Prints the link to each experiment's runs list and to the latest sweep's parent run first.
 ui: $(STAMP) ## The MLflow UI over the store (MLFLOW_TRACKING_URI, else outputs/mlflow.db) on HOST:PORT (127.0.0.1:5000)
 	$(PY) -m bnrepro.tracking.ui ui --host $(HOST) --port $(PORT)
+
+# A small sweep and its report, `make ui` over them on a free port, and the runs list, the parent run and
+# report.html loaded in headless Chromium (apt-get install chromium): tests/test_report_ui.py, a few minutes.
+ui-check: $(STAMP) ## The MLflow UI checked in a real browser (headless Chromium)
+	$(PY) -m pytest -m slow -q tests/test_report_ui.py
 
 # An MLflow tracking server over the same SQLite store (MLFLOW_TRACKING_URI, else outputs/mlflow.db), for
 # many parallel writers (e.g. a joblib or submitit sweep): one process owns the database file, artifacts go

@@ -1,15 +1,26 @@
 """`make ui` / `make tracking-server` over the store MLFLOW_TRACKING_URI names, and the links they print."""
 
+from urllib.parse import unquote
+
 from bnrepro.tracking.store import experiment_id, open_store
 from bnrepro.tracking.tags import ROLE_TAG, SWEEP_NAME_TAG
-from bnrepro.tracking.ui import run_link, runs_link, server_command, startup_lines, sweep_link, ui_base
+from bnrepro.tracking.ui import jobs_link, run_link, runs_link, server_command, startup_lines, sweep_link, ui_base
 
 
 def test_links_open_the_runs_list_a_run_and_a_runs_artifact():
     base = ui_base("sqlite:////tmp/x/mlflow.db", "127.0.0.1", 5055)
-    assert runs_link(base, "3") == "http://127.0.0.1:5055/#/experiments/3/runs"
+    assert runs_link(base, "3") == "http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning"
     assert run_link(base, "3", "abc", "report/report.html") == (
-        "http://127.0.0.1:5055/#/experiments/3/runs/abc/artifactPath/report/report.html"
+        "http://127.0.0.1:5055/#/experiments/3/runs/abc/artifactPath/report/report.html?workflowType=machine_learning"
+    )
+
+
+def test_the_jobs_link_filters_the_runs_list_to_one_sweeps_jobs():
+    link = jobs_link("http://127.0.0.1:5055", "3", "abc")
+    assert link.startswith("http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning&searchFilter=")
+    assert (
+        unquote(link.split("searchFilter=", 1)[1])
+        == "tags.`bnrepro.role` = 'job' and tags.`mlflow.parentRunId` = 'abc'"
     )
 
 
@@ -23,8 +34,9 @@ def test_startup_lines_link_each_experiment_and_the_latest_sweep(store):
     parent = client.create_run(experiment, run_name="demo", tags={ROLE_TAG: "sweep", SWEEP_NAME_TAG: "demo"})
     lines = startup_lines(client, "http://127.0.0.1:5055")
     assert lines == [
-        f"  experiment fig1: http://127.0.0.1:5055/#/experiments/{experiment}/runs",
-        f"  latest sweep demo: http://127.0.0.1:5055/#/experiments/{experiment}/runs/{parent.info.run_id}",
+        f"  experiment fig1: {runs_link('http://127.0.0.1:5055', experiment)}",
+        f"  latest sweep demo: {run_link('http://127.0.0.1:5055', experiment, parent.info.run_id)}",
+        f"    its jobs side by side: {jobs_link('http://127.0.0.1:5055', experiment, parent.info.run_id)}",
     ]
     assert (
         sweep_link(parent.info.run_id) == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id}"
