@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bnrepro.shipped import shipped, with_sweeps
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,3 +61,11 @@ def test_an_installed_bnrepro_runs_a_sweep_from_an_empty_directory(installed, tm
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert sorted(r.info.run_name for r in runs) == ["norm=bn", "norm=bn,none", "norm=none"]
     assert all(r.info.artifact_uri.startswith((tmp_path / "outputs" / "mlartifacts").as_uri()) for r in runs)
+
+
+def test_sweeps_join_the_search_path_unless_the_command_names_a_config_dir():
+    assert with_sweeps(["bnrepro-train", "-m", "-cn", "mnist_fig1"]) == [
+        "bnrepro-train", "--config-dir", str(shipped("sweeps")), "-m", "-cn", "mnist_fig1",
+    ]  # fmt: skip
+    assert with_sweeps(["train.py", "-cd", "mine"]) == ["train.py", "-cd", "mine"]
+    assert with_sweeps(["train.py", "--config-dir=mine"]) == ["train.py", "--config-dir=mine"]

@@ -11,22 +11,12 @@ from bnrepro.lifecycle import fast_exit
 fast_exit.install()  # first, so it runs after every other exit handler (see bnrepro.lifecycle.fast_exit)
 
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from bnrepro.config import register_configs  # noqa: E402
-
-CONFIG_DIR_FLAGS = ("-cd", "--config-dir")
-
-
-def shipped(folder: str) -> Path:
-    """conf/ or sweeps/: inside the installed package (a wheel), else the checkout's top-level folder
-    (the source tree: an editable install, or PYTHONPATH=src)."""
-    installed = Path(__file__).resolve().parent / folder
-    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / folder
-
+from bnrepro.shipped import shipped, with_sweeps  # noqa: E402
 
 register_configs()
 
@@ -37,13 +27,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bnrepro.run import main as run_job
 
     return run_job(cfg)
-
-
-def with_sweeps(argv: list[str]) -> list[str]:
-    """argv plus `--config-dir <sweeps>` when it names no config directory (Hydra takes one)."""
-    if any(arg in CONFIG_DIR_FLAGS or arg.startswith("--config-dir=") for arg in argv[1:]):
-        return argv
-    return [argv[0], "--config-dir", str(shipped("sweeps")), *argv[1:]]
 
 
 def main() -> None:
