@@ -9,7 +9,6 @@ TRAIN := $(PY) train.py
 ONE_THREAD := OMP_NUM_THREADS=1
 HOST ?= 127.0.0.1
 PORT ?= 5000
-STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS ?=
 DATA ?= mnist
 SEEDS ?= 0,1,2
@@ -22,9 +21,9 @@ IMAGENET_DIR_ARG := $(if $(filter-out data/imagenet,$(IMAGENET_DIR)),data.data_d
 FASHION_MNIST_DIR_ARG := $(if $(filter-out /usr/share/datasets/fashion-mnist,$(FASHION_MNIST_DIR)),data.data_dir=$(FASHION_MNIST_DIR))
 MNIST_TEST_DIR_ARG := $(if $(filter-out ../shared/data/mnist,$(MNIST_TEST_DIR)),data.test_dir=$(MNIST_TEST_DIR))
 
-.PHONY: help install test test-slow lint demo train ui clean reproduce-mnist reproduce-mnist-grid \
-	reproduce-mnist-headline reproduce-fashion report reproduce-imagenet reproduce-proxy reproduce \
-	results bench-inception bench
+.PHONY: help install test test-slow lint demo train ui ui-check clean reproduce-mnist reproduce-mnist-fig1 \
+	reproduce-mnist-grid reproduce-mnist-headline reproduce-fashion report reproduce-imagenet reproduce-proxy \
+	reproduce results bench-inception bench
 
 install: $(STAMP) ## Create .venv and install the package with its dev extras (again when pyproject.toml changes)
 
@@ -54,46 +53,54 @@ help: ## List the targets, one line each
 # The main job on the embedded data: BN vs no BN on mnist_mini, then the comparison read back from MLflow.
 demo: $(STAMP) ## BN vs no BN on the bundled MNIST digits, then the comparison from MLflow
 	$(ONE_THREAD) $(TRAIN) -m experiment=mnist_fig1 data=mnist_mini norm=bn,none trainer.max_steps=3000 \
-		trainer.enable_progress_bar=false sweep_name=demo $(ARGS)
+		sweep_name=demo $(ARGS)
 	$(PY) -m bnrepro.report.summary demo
 
 train: $(STAMP) ## One run: train.py with the overrides in ARGS
 	$(TRAIN) $(ARGS)
 
-ui: $(STAMP) ## The MLflow UI over outputs/mlflow.db on HOST:PORT (127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+# Prints the link to each experiment's runs list and to the latest sweep's parent run first.
+ui: $(STAMP) ## The MLflow UI over the store (MLFLOW_TRACKING_URI, else outputs/mlflow.db) on HOST:PORT (127.0.0.1:5000)
+	$(PY) -m bnrepro.tracking.ui ui --host $(HOST) --port $(PORT)
 
-# An MLflow tracking server over the same SQLite store, for many parallel writers (e.g. a joblib or
-# submitit sweep): one process owns the database file. Binds to $(HOST) (127.0.0.1: this machine only);
-# point jobs at it with MLFLOW_TRACKING_URI=http://$(HOST):$(PORT). See README "When things go wrong".
+# A small sweep and its report, `make ui` over them on a free port, and the runs list, the parent run and
+# report.html loaded in headless Chromium (apt-get install chromium): tests/test_report_ui.py, a few minutes.
+ui-check: $(STAMP) ## The MLflow UI checked in a real browser (headless Chromium)
+	$(PY) -m pytest -m slow -q tests/test_report_ui.py
+
+# An MLflow tracking server over the same SQLite store (MLFLOW_TRACKING_URI, else outputs/mlflow.db), for
+# many parallel writers (e.g. a joblib or submitit sweep): one process owns the database file, artifacts go
+# beside it. Binds to $(HOST) (127.0.0.1: this machine only); point jobs at it with
+# MLFLOW_TRACKING_URI=http://$(HOST):$(PORT). See README "When things go wrong".
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## An MLflow tracking server over the same store, for many parallel writers
-	$(VENV)/bin/mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/outputs/mlartifacts \
-		--host $(HOST) --port $(PORT)
+	$(PY) -m bnrepro.tracking.ui server --host $(HOST) --port $(PORT)
 
 clean: ## Delete runs, sweeps, reports, benchmarks, the MLflow store and caches under outputs/
 	rm -rf outputs/runs outputs/multirun outputs/reports outputs/bench outputs/mlflow.db outputs/mlflow.db.lock outputs/mlartifacts outputs/cache
 
-# The paper's Figure 1 experiment (sweeps/mnist_fig1.yaml): BN vs no BN, seeds $(SEEDS), 50,000 steps at
-# batch 60. Full MNIST by default; offline: `make reproduce-mnist DATA=mnist_mini`; more overrides in ARGS.
-reproduce-mnist: $(STAMP) ## Figure 1 (Sec. 4.1): BN vs no BN, seeds SEEDS (0,1,2), on DATA (mnist; offline: mnist_mini)
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
+# The paper's Figure 1 experiment as one sweep (sweeps/mnist_fig1.yaml): BN vs no BN, seeds $(SEEDS), 50,000 steps
+# at batch 60. Full MNIST by default; offline: `make reproduce-mnist-fig1 DATA=mnist_mini`; more overrides in ARGS.
+reproduce-mnist-fig1: $(STAMP) ## Figure 1 (Sec. 4.1) as one sweep: BN vs no BN, seeds SEEDS, on DATA (mnist; offline: mnist_mini)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_fig1 data=$(DATA) seed=$(SEEDS) $(ARGS)
 
 # The pre-registered reproductions of issue 15 (protocols/<sweep>.yaml, committed before their runs): each
 # sweep in parallel worker processes (one per core, one intra-op thread each), then its report, which checks
 # every run against the protocol. Wall times on the 2-core development machine: docs/results.md.
 PARALLEL := hydra/launcher=parallel
+# The two pre-registered MNIST reproductions: the headline replication, then the learning-rate grid (~45 min here).
+reproduce-mnist: reproduce-mnist-headline reproduce-mnist-grid ## Figure 1's pre-registered protocols: headline, then the lr grid
+
 reproduce-mnist-grid: $(STAMP) ## Figure 1 at 5 learning rates x {BN, none} x 3 seeds, official 10k test digits
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_lr_grid $(PARALLEL) $(MNIST_TEST_DIR_ARG) trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_lr_grid $(PARALLEL) $(MNIST_TEST_DIR_ARG) $(ARGS)
 	$(PY) -m bnrepro.report mnist_lr_grid
 
 reproduce-mnist-headline: $(STAMP) ## Figure 1 at lr 0.1 on 5 fresh seeds, official 10k test digits
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_headline $(PARALLEL) $(MNIST_TEST_DIR_ARG) trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn mnist_headline $(PARALLEL) $(MNIST_TEST_DIR_ARG) $(ARGS)
 	$(PY) -m bnrepro.report mnist_headline
 
 reproduce-fashion: $(STAMP) ## Figure 1's net and protocol on Fashion-MNIST (60k/10k), 3 seeds
-	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn fashion_mnist_fig1 $(PARALLEL) $(FASHION_MNIST_DIR_ARG) \
-		trainer.enable_progress_bar=false $(ARGS)
+	$(ONE_THREAD) $(TRAIN) -m -cd sweeps -cn fashion_mnist_fig1 $(PARALLEL) $(FASHION_MNIST_DIR_ARG) $(ARGS)
 	$(PY) -m bnrepro.report fashion_mnist_fig1
 
 # Figure 1(a,b,c), the comparison table and every claim's verdict for a sweep (default: the latest
@@ -122,7 +129,7 @@ reproduce-proxy: $(STAMP) ## Figure 3's CPU proxy + Sec. 4.2.1 ablations: BN-Inc
 reproduce: $(STAMP) ## Every pre-registered reproduction this machine can run, then docs/results.md
 	@status=0; skipped=""; \
 	if ls $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte* >/dev/null 2>&1; then \
-		$(MAKE) --no-print-directory reproduce-mnist-headline reproduce-mnist-grid || status=1; \
+		$(MAKE) --no-print-directory reproduce-mnist || status=1; \
 	else skipped="$$skipped\n  mnist: the official MNIST test split is not in $(MNIST_TEST_DIR) (set MNIST_TEST_DIR=...)"; fi; \
 	if ls $(FASHION_MNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory reproduce-fashion reproduce-proxy || status=1; \
@@ -149,7 +156,7 @@ bench-inception: $(STAMP) ## BN-Inception training throughput, proxy step time, 
 
 # The framework against a hand-written PyTorch loop on mnist_fig1: per-step time ratio (norm=bn and none),
 # MLflow overhead, start-up to the first step, and a 4-job sweep serial vs parallel (joblib); a table, and
-# JSON in outputs/bench/ (benchmarks/README.md). Both sides run with the thread setting of reproduce-mnist.
+# JSON in outputs/bench/ (benchmarks/README.md). Both sides run with the thread setting of the reproductions.
 # ~13 min on 2 cores; QUICK=1: fewer steps (~2 min); options in ARGS (see --help).
 bench: $(STAMP) ## Framework vs hand-written loop per step, MLflow overhead, start-up, sweeps (QUICK=1)
 	$(ONE_THREAD) $(PY) benchmarks/bench_mnist.py $(if $(QUICK),--quick) $(ARGS)

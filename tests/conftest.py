@@ -61,5 +61,5 @@ def run_train(
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides, *dirs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     tmp_path.mkdir(parents=True, exist_ok=True)
-    # cwd=tmp_path: with a custom MLFLOW_TRACKING_URI, MLflow puts artifacts under ./mlruns of the cwd.
+    # cwd=tmp_path: anything a run wrongly wrote into its working directory stays inside the test's folder.
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)

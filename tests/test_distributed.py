@@ -78,8 +78,9 @@ def test_rank_that_fails_stops_rank_zero_with_its_exit_code():
 
 def test_rank_command_runs_only_this_job_in_its_own_directory():
     command = rank_command("mnist_fig1", ["sweeps"], ["norm=bn", "seed=1"], "/out/0_norm=bn,seed=1")
-    assert "-m" not in command and command[-4:-2] == ["norm=bn", "seed=1"]
-    assert command[2:6] == ["--config-name", "mnist_fig1", "--config-dir", "sweeps"]
+    assert command[1:3] == ["-m", "bnrepro"] and command.count("-m") == 1  # a single run, not a multirun
+    assert command[-4:-2] == ["norm=bn", "seed=1"]
+    assert command[3:7] == ["--config-name", "mnist_fig1", "--config-dir", "sweeps"]
     assert 'hydra.run.dir="/out/0_norm=bn,seed=1"' in command and "hydra.output_subdir=null" in command
 
 

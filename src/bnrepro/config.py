@@ -284,6 +284,7 @@ class LoggerConfig:
     experiment_name: str = "bnrepro"
     heartbeat_seconds: float = 60.0  # how often a running job refreshes its run's bnrepro.heartbeat tag (0: never)
     stale_after_seconds: float = 600.0  # a RUNNING run silent this long is marked FAILED ("lost") at the next start
+    system_metrics: bool = False  # MLflow's system metrics (CPU, memory, GPU) while training; needs psutil
 
 
 @dataclass
@@ -453,6 +454,14 @@ def validate_machine(cfg: DictConfig) -> None:
             torch.cuda.is_available(),
             f"trainer.accelerator={accelerator} but this machine has no CUDA GPU (torch.cuda.is_available() "
             "is False): use trainer=cpu",
+        )
+    if cfg.logger.get("system_metrics"):
+        import importlib.util
+
+        _require(
+            importlib.util.find_spec("psutil") is not None,
+            "logger.system_metrics=true needs psutil: pip install 'bnrepro[system-metrics]' (or psutil), "
+            "or leave it false",
         )
 
 

@@ -1,4 +1,4 @@
-"""How an underlying error is named inside bnrepro's one-line messages."""
+"""Pieces of bnrepro's one-line messages: how an underlying error is named, how a duration reads."""
 
 
 def first_line(error: BaseException) -> str:
@@ -10,3 +10,13 @@ def first_line(error: BaseException) -> str:
 def cause(error: BaseException) -> str:
     """'TypeName: first line', the form bnrepro's messages and failure tags quote an error in."""
     return f"{type(error).__name__}: {first_line(error)}"
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m05s', '2h10m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.callbacks.checkpointing import (
@@ -27,6 +26,7 @@ from bnrepro.callbacks.checkpointing import (
 )
 from bnrepro.callbacks.divergence import Diverged
 from bnrepro.callbacks.population import PopulationEvaluation
+from bnrepro.callbacks.progress import StepProgressBar
 from bnrepro.config import ConfigError, Inference, validate, validate_machine
 from bnrepro.data.errors import DatasetError, require_batch_fits
 from bnrepro.data.in_memory import InMemoryDataModule
@@ -160,7 +160,8 @@ def start(cfg: DictConfig, job: JobInfo, identity: JobIdentity) -> dict[str, flo
         if cfg.norm.inference == Inference.population:
             callbacks.append(PopulationEvaluation(cfg.norm.population_batches, cfg.norm.population_at, cfg.seed))
         callbacks = prepare_checkpointing(callbacks, plan, run.run_id, identity, output_dir)
-        trainer = build_trainer(cfg, run.logger, [*callbacks, GracefulStop()], datamodule.steps_per_batch, output_dir)
+        callbacks = [*callbacks, *run.callbacks(), GracefulStop()]
+        trainer = build_trainer(cfg, run.logger, callbacks, datamodule.steps_per_batch, output_dir)
         net = instantiate(cfg.model.net, num_classes=datamodule.num_classes)
         if ddp and cfg.norm.sync:  # mini-batch statistics over all replicas (Algorithm 1 on the global batch)
             net = convert_sync_batchnorm(net, trainer.strategy.root_device.type)
@@ -266,8 +267,7 @@ def job_processes(cfg: DictConfig, job: JobInfo, on_abandon: Callable[[str], Non
 
 def build_trainer(cfg: DictConfig, logger, callbacks: list, steps_per_batch: int, output_dir: str) -> L.Trainer:
     """The `trainer` group's arguments plus the loop's intervals, which the config counts in optimizer steps."""
-    refresh = max(1, 500 // steps_per_batch)  # about every 500 optimizer steps
-    progress_bar = [TQDMProgressBar(refresh_rate=refresh)] if cfg.trainer.enable_progress_bar else []
+    progress_bar = [StepProgressBar()] if cfg.trainer.enable_progress_bar else []  # in optimizer steps
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         # Lightning counts these in batches; a batch holds `steps_per_batch` optimizer steps.

@@ -172,11 +172,11 @@ def _leave_process_group() -> None:
 
 def rank_command(config_name: str, config_dirs: list[str], overrides: list[str], output_dir: str) -> list[str]:
     """The command that runs one more rank of this job: this job alone, as a single run in its directory."""
-    script = Path(__file__).resolve().parents[3] / "train.py"
     dirs = [argument for directory in config_dirs for argument in ("--config-dir", directory)]
     return [
         sys.executable,
-        str(script),
+        "-m",
+        "bnrepro",  # = train.py, also where bnrepro is installed without its checkout
         "--config-name",
         config_name,
         *dirs,

@@ -8,10 +8,12 @@ latest sweep of that name wins) and writes, under outputs/reports/<sweep name>/:
 * report.md             data, steps and seeds; the protocol the sweep was pre-registered under
                         (protocols/) and every deviation from it; the comparison table; the claims
                         and their verdicts (with a protocol's `across`: at every value of that choice)
+* report.html           the same as one self-contained page (figures inline), as the MLflow UI shows it
 * claims.json           the same verdicts, machine-readable: per claim the runs used, the effect, its
                         interval, the test and correction (byte-identical on the same store)
 
-then uploads that folder as artifacts (``report/``) of the sweep's parent run. Exit code 2 with
+then uploads that folder as artifacts (``report/``) of the sweep's parent run, with the comparison and the
+verdicts as its description and one summary metric per configuration (`bnrepro.report.ui`). Exit code 2 with
 one line on stderr for an unknown sweep or a malformed claims file.
 """
 
@@ -37,6 +39,8 @@ from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_
 from bnrepro.report.protocol import PROTOCOLS_DIR, ProtocolCheck, ProtocolFileError, check_protocol, find_protocol
 from bnrepro.report.runs import RunRecord, Sweep, SweepNotFound, group_by_configuration, load_sweep, numeric_order
 from bnrepro.report.tables import ACCURACY, comparison_rows, provenance, report_markdown, table_target
+from bnrepro.report.ui import data_uri, parent_note, report_html, summary_metrics
+from bnrepro.tracking.ui import sweep_link
 
 REPORTS_DIR = Path("outputs/reports")
 
@@ -78,12 +82,16 @@ def write_report(
     (out_dir / "report.md").write_text(
         report_markdown(sweep, about, rows, target, rule, results, figures, notes, out_of_scope, protocol)
     )
+    inline = {key: data_uri(out_dir / name) for key, name in figures.items()}
+    page = report_markdown(sweep, about, rows, target, rule, results, inline, notes, out_of_scope, protocol)
+    (out_dir / "report.html").write_text(report_html(page, f"Report: sweep {sweep.name}"))
     document = claims_document(sweep, about, results, out_of_scope, claims_file, protocol)
     (out_dir / "claims.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     if upload:
         from bnrepro.tracking.sweep import log_report  # writing to MLflow happens in tracking/ only (Hydra: lazily)
 
-        log_report(sweep.parent_run_id, out_dir, uri=uri)
+        note, metrics = parent_note(rows, target, results), summary_metrics(rows)
+        log_report(sweep.parent_run_id, out_dir, uri=uri, note=note, metrics=metrics)
     return out_dir
 
 
@@ -192,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnrepro: error: {error}", file=sys.stderr)
         return 2
     verdicts = json.loads((out_dir / "claims.json").read_text())["verdicts"]
-    print(f"report written to {out_dir}/ (report.md, claims.json, figures)")
+    print(f"report written to {out_dir}/ (report.md, report.html, claims.json, figures)")
     for claim_id, verdict in verdicts.items():
         print(f"  {verdict:<13} {claim_id}")
+    if not args.no_upload:
+        parent = json.loads((out_dir / "claims.json").read_text())["parent_run_id"]
+        print(f"in the MLflow UI (make ui): {sweep_link(parent, artifact='report/report.html')}")
     return 0
 
 

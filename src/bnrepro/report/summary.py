@@ -4,6 +4,7 @@ import sys
 
 from bnrepro.report.runs import Sweep, SweepNotFound, group_by_configuration, load_sweep
 from bnrepro.report.tables import percent_or_dash
+from bnrepro.tracking.ui import sweep_link
 
 
 def summary_table(sweep: Sweep, metric: str = "val/acc") -> str:
@@ -30,7 +31,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     try:
-        print(summary_table(load_sweep(argv[0])))
+        sweep = load_sweep(argv[0])
+        print(summary_table(sweep))
+        print(f"in the MLflow UI (make ui): {sweep_link(sweep.parent_run_id)}")
     except SweepNotFound as error:
         print(f"bnrepro: error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bnrepro.tracking.tags import GIT_COMMIT_TAG, GIT_DIRTY_TAG, GROUPS
+from bnrepro.tracking.tags import GIT_COMMIT_TAG, GIT_DIRTY_TAG, GROUPS, SWEEP_VARYING_ENV
 
 
 @dataclass
@@ -31,16 +31,25 @@ class JobInfo:
         hydra = HydraConfig.get()
         choices = {group: str(option) for group, option in hydra.runtime.choices.items() if group in GROUPS}
         multirun = hydra.mode == RunMode.MULTIRUN
+        overrides = list(hydra.overrides.task)
+        varying = os.environ.get(SWEEP_VARYING_ENV, "").split(",") if multirun else []
         return cls(
             choices=choices,
-            overrides=list(hydra.overrides.task),
-            name=hydra.job.override_dirname or choices.get("experiment", "run"),
+            overrides=overrides,
+            name=run_name(overrides, varying) or hydra.job.override_dirname or choices.get("experiment", "run"),
             output_dir=hydra.runtime.output_dir,
             sweep_id=str(hydra.sweep.dir) if multirun else None,
             config_name=hydra.job.config_name,
             config_dirs=[s.path for s in hydra.runtime.config_sources if s.provider == "command-line"],
             parallel_jobs=_parallel_jobs(hydra.launcher) if multirun else 1,
         )
+
+
+def run_name(overrides: list[str], varying: list[str]) -> str:
+    """A sweep job's run name: its values of the keys the sweep varies ('norm=bn,seed=0'), so that the
+    part that tells the jobs apart comes first (the keys every job shares are in its params and tags)."""
+    keys = {key for key in varying if key}
+    return ",".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys)
 
 
 def _parallel_jobs(launcher: DictConfig) -> int:
@@ -66,3 +75,11 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(status.strip()))}
+
+
+def with_context_tags(tags: dict[str, str]) -> dict[str, str]:
+    """`tags` over MLflow's own context tags (mlflow.user, mlflow.source.name and .type, mlflow.source.git.*),
+    from MLflow's public context-provider registry, as `mlflow.start_run` sets them and `create_run` does not."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(tags)

@@ -19,7 +19,7 @@ from bnrepro.config import flatten
 from bnrepro.lifecycle.distributed import global_rank
 from bnrepro.lifecycle.interruption import hold_signals
 from bnrepro.messages import cause
-from bnrepro.tracking.job import JobInfo, git_state
+from bnrepro.tracking.job import JobInfo, git_state, with_context_tags
 from bnrepro.tracking.liveness import Heartbeat, liveness_tags
 from bnrepro.tracking.metrics import ContinuedMetricsLogger, MLflowMetricsLogger
 from bnrepro.tracking.store import (
@@ -103,7 +103,7 @@ class TrackedRun:
             self._reopen()
         else:
             experiment = experiment_id(self.client, self.cfg.logger.experiment_name)
-            run = self.client.create_run(experiment, run_name=self.job.name, tags=self._tags())
+            run = self.client.create_run(experiment, run_name=self.job.name, tags=with_context_tags(self._tags()))
             self.run_id = run.info.run_id
             self.logger = MLflowMetricsLogger(self.client, self.run_id)
             self._log_params()
@@ -151,6 +151,17 @@ class TrackedRun:
             return value
         log.warning("param %s is %d characters long; the full value is in config.yaml", key, len(value))
         return value[: MAX_PARAM_LENGTH - 40] + " ... [truncated: see config.yaml]"
+
+    def callbacks(self) -> list:
+        """The Lightning callbacks that write to this run: its data splits as dataset inputs and, with
+        logger.system_metrics=true, MLflow's system metrics (CPU, memory, GPU) while it trains."""
+        from bnrepro.tracking.inputs import DatasetInputs, SystemMetrics
+
+        data = self.cfg.data
+        name = self.job.choices.get("data") or str(data._target_).rsplit(".", 1)[-1]
+        source = {"target": str(data._target_), **({"data_dir": str(data.data_dir)} if "data_dir" in data else {})}
+        system = [SystemMetrics(self.run_id, self.client.tracking_uri)] if self.cfg.logger.system_metrics else []
+        return [DatasetInputs(self.client, self.run_id, name, source), *system]
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Extra params known only once the run is built (e.g. the global batch size)."""
@@ -252,6 +263,9 @@ class NoTracking:
     def abandon(self, reason: str) -> None:
         pass
 
+    def callbacks(self) -> list:
+        return []
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
@@ -284,14 +298,6 @@ def record_skipped(cfg: DictConfig, job: JobInfo, run_id: str) -> None:
         return
     client = open_store(tracking_uri(cfg.logger.tracking_uri))
     write_tags(client, run_id, {START_TAG: "skipped", **_sweep_tags(job)})
-
-
-def _sweep_tags(job: JobInfo) -> dict[str, str]:
-    """The tags that count a job in its sweep: the sweep id and, when there is one, the parent run."""
-    if not job.sweep_id:
-        return {}
-    parent = os.environ.get(SWEEP_RUN_ENV)
-    return {SWEEP_ID_TAG: job.sweep_id, **({PARENT_TAG: parent} if parent else {})}
 
 
 def _sweep_tags(job: JobInfo) -> dict[str, str]:

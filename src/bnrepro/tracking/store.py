@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from bnrepro.messages import cause
-from bnrepro.tracking.tags import IDENTITY_TAG, MAX_PARAM_LENGTH, ROLE_TAG, STORE_DIR
+from bnrepro.tracking.tags import EXPERIMENT_KIND_TAG, IDENTITY_TAG, MAX_PARAM_LENGTH, ROLE_TAG
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI and the fix."""
 
 
+MODEL_TRAINING = "custom_model_development"  # the experiment kind whose UI opens on the runs list (MLflow 3)
 _OPENED_STORES: dict[str, Any] = {}  # uri -> a client whose store answered (in this process)
 
 
@@ -72,7 +73,7 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 
 def _check_sqlite_writable(uri: str) -> None:
     """A SQLite store that cannot be written (read-only file system or file) fails before any run is created."""
-    database = _sqlite_database(uri)
+    database = sqlite_file(uri)
     if database is None:
         return
     existing = next(path for path in (database, *database.parents) if path.exists())
@@ -83,14 +84,6 @@ def _check_sqlite_writable(uri: str) -> None:
             f"MLflow tracking store {uri} is read-only ({unwritable[0]} cannot be written); make it writable, "
             "or set MLFLOW_TRACKING_URI to another store, or logger=none to run untracked"
         )
-
-
-def _sqlite_database(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI (None for other stores and in-memory databases)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = uri[len("sqlite:///") :].split("?", 1)[0]
-    return Path(database) if database and database != ":memory:" else None
 
 
 def _holds_a_store(database: Path) -> bool:
@@ -117,7 +110,7 @@ class _SqliteInitLock:
     """An exclusive flock on <database>.lock while a process first touches a SQLite store; yields the database."""
 
     def __init__(self, uri: str):
-        self.database = _sqlite_database(uri)  # (open_store takes it only for a store not yet opened here)
+        self.database = sqlite_file(uri)  # (open_store takes it only for a store not yet opened here)
         self._file = None
 
     def __enter__(self) -> Path | None:
@@ -136,20 +129,38 @@ class _SqliteInitLock:
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created (artifacts under outputs/ for the default store) if absent."""
+    """The id of experiment `name`, created if absent (artifacts beside a SQLite store: `artifact_root`)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # (made before bnrepro set it)
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return experiment.experiment_id
-    artifacts = None
-    if client.tracking_uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-        artifacts = (STORE_DIR / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifacts)
+        experiment_id = client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
     except Exception:  # another job of a parallel sweep created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+    # Without this tag the MLflow 3 UI opens the experiment on its GenAI overview (traces, tokens), not the runs.
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: for a SQLite store, `mlartifacts/` beside the database file
+    (MLflow's own default is ./mlruns of whatever directory the command runs in); for a tracking server or
+    another database, None: the server's --artifacts-destination or MLflow's default-artifact-root decides."""
+    database = sqlite_file(uri)
+    return (database.resolve().parent / "mlartifacts").as_uri() if database else None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for another store or an in-memory database)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(database) if database and database != ":memory:" else None
 
 
 SEARCH_PAGE = 1000

@@ -1,37 +1,99 @@
 """The Hydra side of tracking: `SweepTracking` gives a multirun one parent MLflow run whose children
-are its jobs (tagged with the sweep id), closed with the sweep's outcome and summary; and the
-upload of a sweep's report to that parent run."""
+are its jobs (tagged with the sweep id), prints "job k/N done" after each job, and closes the parent
+with the sweep's outcome and summary; and the upload of a sweep's report to that parent run."""
 
 import atexit
 import functools
 import logging
+import math
 import os
 import signal
 import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnrepro.messages import cause, first_line
-from bnrepro.tracking.job import git_state
+from bnrepro.messages import cause, duration, first_line
+from bnrepro.tracking.job import git_state, with_context_tags
 from bnrepro.tracking.liveness import Heartbeat, liveness_tags, mark_lost_runs
 from bnrepro.tracking.store import client_for, experiment_id, open_store, search_runs
 from bnrepro.tracking.tags import (
     FAILURE_TAG,
     MAX_PARAM_LENGTH,
+    NOTE_TAG,
     OUTCOME_TAG,
+    PARENT_TAG,
     ROLE_TAG,
     START_TAG,
     SUMMARY_TAG,
     SWEEP_ID_TAG,
     SWEEP_NAME_TAG,
     SWEEP_RUN_ENV,
+    SWEEP_VARYING_ENV,
     tracking_uri,
 )
+from bnrepro.tracking.ui import sweep_link
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What this invocation of a multirun launches, as Hydra's basic sweeper expands it."""
+
+    jobs: int | None  # None: another sweeper (e.g. Optuna) decides as it goes
+    sweeps: tuple[str, ...] = ()  # the overrides with more than one value, as written: "norm=bn,none"
+
+    @property
+    def varying(self) -> tuple[str, ...]:
+        return tuple(sweep.split("=", 1)[0] for sweep in self.sweeps)
+
+
+def plan_sweep(config: DictConfig) -> SweepPlan:
+    """The basic sweeper's product: the sweep config's hydra.sweeper.params, then the command line's
+    overrides (a later value of a key replaces an earlier one, in its place), one job per combination."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return SweepPlan(None)
+    params = config.hydra.sweeper.get("params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    values: dict[str, tuple[int, str]] = {}  # key -> (number of values, the override as written)
+    for override in OverridesParser.create().parse_overrides(lines):
+        count = len(list(override.sweep_string_iterator())) if override.is_discrete_sweep() else 1
+        values[override.get_key_element()] = (count, override.input_line or "")
+    counts = [count for count, _ in values.values()]
+    return SweepPlan(math.prod(counts), tuple(line for count, line in values.values() if count > 1))
+
+
+def job_outcome(job_return: Any) -> str:
+    """How a job ended, from what `bnrepro.run.main` returned: its final metrics, the diverged step, or
+    nothing for a job skipped because an identical run already finished."""
+    from hydra.core.utils import JobStatus
+
+    if job_return.status == JobStatus.FAILED:
+        return f"failed: {_failure(job_return)}"
+    result = job_return.return_value or {}
+    if "diverged_step" in result:
+        return f"diverged at step {int(result['diverged_step']):,}"
+    if not result:
+        return "skipped: already finished"
+    return f"completed, val/acc {result['val/acc']:.1%}" if "val/acc" in result else "completed"
+
+
+def progress_line(done: int, jobs: int | None, outcome: str, elapsed: float) -> str:
+    """'job 2/4 done (completed, val/acc 91.2%), 1m10s elapsed, ETA 2m20s for the rest'."""
+    if jobs is None:
+        return f"job {done} done ({outcome}), {duration(elapsed)} elapsed"
+    line = f"job {done}/{jobs} done ({outcome}), {duration(elapsed)} elapsed"
+    if done < jobs:
+        line += f", ETA {duration(elapsed / done * (jobs - done))} for the rest"
+    return line
 
 
 class SweepTracking(Callback):
@@ -39,21 +101,26 @@ class SweepTracking(Callback):
 
     _heartbeat: "Heartbeat | None" = None
     _abandon: Any = None  # atexit hook that ends the parent KILLED if the sweep stops before its end
+    _plan: SweepPlan = SweepPlan(None)
+    _started_at = 0.0  # unix seconds (the joblib launcher calls on_job_end in its worker processes)
 
     def __getstate__(self) -> dict:
         # The joblib launcher pickles Hydra's callbacks into its workers; the heartbeat thread stays here.
         return {**self.__dict__, "_heartbeat": None, "_abandon": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._plan, self._started_at = plan_sweep(config), time.time()
+        os.environ[SWEEP_VARYING_ENV] = ",".join(self._plan.varying)  # the jobs' run names (JobInfo.from_hydra)
         if config.logger.kind == "none":
             return
         client = open_store(tracking_uri(config.logger.tracking_uri))
         mark_lost_runs(client)
         sweep_id = str(config.hydra.sweep.dir)
-        name = config.get("sweep_name") or sweep_id
+        name = sweep_name(config, self._plan)
         tags = {ROLE_TAG: "sweep", SWEEP_ID_TAG: sweep_id, SWEEP_NAME_TAG: name, **git_state()}
         tags.update(liveness_tags(config.logger.heartbeat_seconds, config.logger.stale_after_seconds))
-        run = client.create_run(experiment_id(client, config.logger.experiment_name), run_name=name, tags=tags)
+        experiment = experiment_id(client, config.logger.experiment_name)
+        run = client.create_run(experiment, run_name=name, tags=with_context_tags(tags))
         client.log_text(run.info.run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep_overrides.txt")
         os.environ[SWEEP_RUN_ENV] = run.info.run_id
         self._heartbeat = Heartbeat(client, run.info.run_id, config.logger.heartbeat_seconds)
@@ -68,6 +135,7 @@ class SweepTracking(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
 
         parent = os.environ.get(SWEEP_RUN_ENV)
         if parent and job_return.status == JobStatus.FAILED:
@@ -77,17 +145,23 @@ class SweepTracking(Callback):
             reason = f"job {' '.join(job_return.overrides or [])} failed: {_failure(job_return)}"
             client.set_tag(parent, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
             client.set_terminated(parent, status="FAILED")
+        if job_return.hydra_cfg.hydra.mode == RunMode.MULTIRUN:
+            done = int(job_return.hydra_cfg.hydra.job.num) + 1  # in launch order (exact for the serial launcher)
+            line = progress_line(done, self._plan.jobs, job_outcome(job_return), time.time() - self._started_at)
+            print(f"sweep {sweep_name(config, self._plan)}: {line}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._stop_heartbeat()
+        os.environ.pop(SWEEP_VARYING_ENV, None)
         parent = os.environ.pop(SWEEP_RUN_ENV, None)
         if parent:
             client = client_for(tracking_uri(config.logger.tracking_uri))
-            summary = sweep_summary(client, str(config.hydra.sweep.dir))
+            summary = sweep_summary(client, parent)
             client.set_tag(parent, SUMMARY_TAG, summary)
             client.set_terminated(parent, status="FINISHED")
-            name = config.get("sweep_name") or str(config.hydra.sweep.dir)
+            name = sweep_name(config, self._plan)
             print(f"sweep {name}: {summary}", flush=True)
+            print(f"sweep {name} in the MLflow UI (make ui): {sweep_link(parent, config.logger.tracking_uri)}")
 
     def _stop_heartbeat(self) -> None:
         """The parent run is being closed here: no more heartbeats, no closing at exit."""
@@ -128,9 +202,16 @@ def _close_abandoned_sweep(uri: str, run_id: str) -> None:
         log.warning("could not close sweep run %s: %s", run_id, first_line(error))
 
 
-def sweep_summary(client, sweep_id: str) -> str:
-    """'N jobs: a run, b resumed, c skipped (already finished); d diverged' from the jobs' tags."""
-    jobs = search_runs(client, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'job'")
+def sweep_name(config: DictConfig, plan: SweepPlan) -> str:
+    """The parent run's name: `sweep_name` (the files in sweeps/ set it), else what the sweep varies."""
+    return config.get("sweep_name") or " ".join(plan.sweeps) or str(config.hydra.sweep.dir)
+
+
+def sweep_summary(client, parent_run_id: str) -> str:
+    """'N jobs: a run, b resumed, c skipped (already finished); d diverged' over this invocation's jobs: the
+    runs it created, resumed or counted as skipped all carry its parent run id (an earlier invocation of the
+    same sweep directory had another)."""
+    jobs = search_runs(client, f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = 'job'")
     starts = [run.data.tags.get(START_TAG, "fresh") for run in jobs]
     outcomes = [run.data.tags.get(OUTCOME_TAG, "") for run in jobs]
     line = (
@@ -143,7 +224,21 @@ def sweep_summary(client, sweep_id: str) -> str:
 
 
 def log_report(
-    parent_run_id: str, directory: str | Path, uri: str | None = None, artifact_path: str = "report"
+    parent_run_id: str,
+    directory: str | Path,
+    uri: str | None = None,
+    artifact_path: str = "report",
+    note: str | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> None:
-    """Upload a sweep's report (figures, report.md, claims.json) as artifacts of its parent run."""
-    client_for(tracking_uri(uri)).log_artifacts(parent_run_id, str(directory), artifact_path=artifact_path)
+    """Upload a sweep's report (figures, report.md, report.html, claims.json) as artifacts of its parent run,
+    with `note` as the run's description in the MLflow UI and `metrics` logged on it (step 0)."""
+    from mlflow.entities import Metric
+
+    client = client_for(tracking_uri(uri))
+    client.log_artifacts(parent_run_id, str(directory), artifact_path=artifact_path)
+    if note:
+        client.set_tag(parent_run_id, NOTE_TAG, note)
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(parent_run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
