@@ -56,4 +56,5 @@ def test_summary_counts_only_the_jobs_of_this_invocation(store, tmp_path, capsys
     assert cli(tmp_path, "-m", "seed=0,1", same_dir, "trainer.max_steps=20", *QUICK) == 0
     capsys.readouterr()
     assert cli(tmp_path, "-m", "seed=0", same_dir, "trainer.max_steps=20", *QUICK) == 0
-    assert capsys.readouterr().out.splitlines()[-1].endswith("1 jobs: 0 run, 0 resumed, 1 skipped (already finished)")
+    summary = [line for line in capsys.readouterr().out.splitlines() if " jobs: " in line]
+    assert summary == [summary[0]] and summary[0].endswith("1 jobs: 0 run, 0 resumed, 1 skipped (already finished)")

@@ -57,7 +57,8 @@ def test_rerun_sweep_skips_finished_resumes_interrupted_and_runs_the_rest(store,
 def test_rerun_true_forces_a_new_run_of_a_finished_job(store, tmp_path, capsys):
     assert cli(tmp_path / "first", "-m", "seed=0", *SETTINGS) == 0
     assert cli(tmp_path / "forced", "-m", "seed=0", "rerun=true", *SETTINGS) == 0
-    assert "1 jobs: 1 run, 0 resumed, 0 skipped" in capsys.readouterr().out.splitlines()[-1]
+    summary = [line for line in capsys.readouterr().out.splitlines() if " jobs: " in line]
+    assert "1 jobs: 1 run, 0 resumed, 0 skipped" in summary[-1]  # the forced re-run's summary
     client = MlflowClient(store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`{ROLE_TAG}` = 'job'")
     assert len(runs) == 2 and len({r.data.tags[IDENTITY_TAG] for r in runs}) == 1

@@ -38,9 +38,8 @@ def test_startup_lines_link_each_experiment_and_the_latest_sweep(store):
         f"  latest sweep demo: {run_link('http://127.0.0.1:5055', experiment, parent.info.run_id)}",
         f"    its jobs side by side: {jobs_link('http://127.0.0.1:5055', experiment, parent.info.run_id)}",
     ]
-    assert (
-        sweep_link(parent.info.run_id) == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id}"
-    )
+    expected = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id}"
+    assert sweep_link(parent.info.run_id) == f"{expected}?workflowType=machine_learning"
 
 
 def test_the_server_over_a_sqlite_store_keeps_artifacts_beside_it(store, tmp_path):
