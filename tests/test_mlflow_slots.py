@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import QUICK, compose_config
 from mlflow.tracking import MlflowClient
 
@@ -50,3 +51,23 @@ def test_system_metrics_are_logged_when_asked(store, monkeypatch):
     overrides = ("trainer.max_steps=1000", "loop.eval_every_n_steps=500", "logger.system_metrics=true")
     train(compose_config(*overrides, "trainer.enable_progress_bar=false"), JobInfo())
     assert any(key.startswith("system/cpu_utilization") for key in only_run(store).data.metrics)
+
+
+def test_log_model_best_logs_the_network_of_the_best_evaluation_loadable_with_mlflow(store):
+    import mlflow.pytorch
+    import torch
+
+    from bnrepro.data.mnist import MNISTMiniDataModule
+
+    overrides = ("trainer.max_steps=60", "loop.eval_every_n_steps=20", "logger.log_model=best")
+    train(compose_config(*overrides, "trainer.enable_progress_bar=false"), MNIST_MINI)
+    run = only_run(store)
+    history = dict((m.step, m.value) for m in MlflowClient(store).get_metric_history(run.info.run_id, "val/acc"))
+    step = int(run.data.tags["bnrepro.model_step"])
+    assert history[step] == max(history.values())
+    network = mlflow.pytorch.load_model(f"{run.info.artifact_uri}/model")
+    data = MNISTMiniDataModule()
+    data.setup()
+    with torch.no_grad():
+        accuracy = (network.eval()(data.test_split.inputs).argmax(1) == data.test_split.targets).float().mean()
+    assert accuracy.item() == pytest.approx(history[step], abs=1e-6)  # the best evaluation's network, not the last

@@ -82,6 +82,11 @@ class LoggerKind(Choice):
     none = "none"
 
 
+class ModelLogging(Choice):
+    none = "none"
+    best = "best"  # the network at its highest val/acc, as an MLflow model (mlflow.pytorch.load_model)
+
+
 # --- model -------------------------------------------------------------------------------------
 @dataclass
 class MLPNet:
@@ -285,6 +290,7 @@ class LoggerConfig:
     heartbeat_seconds: float = 60.0  # how often a running job refreshes its run's bnrepro.heartbeat tag (0: never)
     stale_after_seconds: float = 600.0  # a RUNNING run silent this long is marked FAILED ("lost") at the next start
     system_metrics: bool = False  # MLflow's system metrics (CPU, memory, GPU) while training; needs psutil
+    log_model: ModelLogging = ModelLogging.none  # best: log the best network as the run's MLflow model (model/)
 
 
 @dataclass

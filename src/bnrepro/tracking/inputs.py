@@ -1,9 +1,12 @@
 """What a job's run records besides its metrics, as Lightning callbacks: its data splits as MLflow dataset
 inputs (the UI's "Datasets" column: name, size, a digest of the tensors, the split's seed), and optionally
-MLflow's system metrics while it trains."""
+MLflow's system metrics while it trains and its best network as an MLflow model."""
 
+import copy
 import hashlib
 import json
+import math
+import tempfile
 
 from lightning.pytorch.callbacks import Callback
 
@@ -77,3 +80,46 @@ class SystemMetrics(Callback):
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
+
+
+MODEL_STEP_TAG = "bnrepro.model_step"  # the step whose network the run's MLflow model holds
+MODEL_ARTIFACT = "model"
+
+
+class BestNetwork(Callback):
+    """logger.log_model=best: keeps the network of the evaluation with the highest `monitor` (CPU copies of its
+    weights) and, when training ends, logs it as the run's MLflow model (artifact `model/`, loadable with
+    `mlflow.pytorch.load_model(f"runs:/{run_id}/model")`). The model is written with `mlflow.pytorch.save_model`
+    to a temporary folder and uploaded with the client: `mlflow.pytorch.log_model` (MLflow 3) works only on
+    the fluent API's active run, which this project never starts."""
+
+    def __init__(self, client, run_id: str, monitor: str = "val/acc"):
+        self.client, self.run_id, self.monitor = client, run_id, monitor
+        self.best: tuple[float, int, dict] | None = None  # (score, step, weights)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or not trainer.is_global_zero or score is None or not math.isfinite(score):
+            return
+        if self.best is None or float(score) > self.best[0]:
+            weights = {key: value.detach().cpu().clone() for key, value in pl_module.net.state_dict().items()}
+            self.best = (float(score), trainer.global_step, weights)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.best is None or not trainer.is_global_zero:
+            return
+        import mlflow.pytorch
+        import torch
+
+        score, step, weights = self.best
+        network = copy.deepcopy(pl_module.net).cpu()
+        network.load_state_dict(weights)
+        with tempfile.TemporaryDirectory() as folder:
+            # Listing the requirement skips MLflow's inference of the environment (seconds of import scanning).
+            # "pickle" keeps the nn.Module as it is (its class: bnrepro.models.*) and needs no example input;
+            # MLflow 3's default, "pt2", traces the network and needs one.
+            requirements = [f"torch=={torch.__version__}"]
+            path = f"{folder}/{MODEL_ARTIFACT}"
+            mlflow.pytorch.save_model(network, path, pip_requirements=requirements, serialization_format="pickle")
+            self.client.log_artifacts(self.run_id, path, MODEL_ARTIFACT)
+        self.client.set_tag(self.run_id, MODEL_STEP_TAG, str(step))

@@ -154,14 +154,16 @@ class TrackedRun:
 
     def callbacks(self) -> list:
         """The Lightning callbacks that write to this run: its data splits as dataset inputs and, with
-        logger.system_metrics=true, MLflow's system metrics (CPU, memory, GPU) while it trains."""
-        from bnrepro.tracking.inputs import DatasetInputs, SystemMetrics
+        logger.system_metrics=true, MLflow's system metrics (CPU, memory, GPU) while it trains; with
+        logger.log_model=best, its best network as the run's MLflow model."""
+        from bnrepro.tracking.inputs import BestNetwork, DatasetInputs, SystemMetrics
 
         data = self.cfg.data
         name = self.job.choices.get("data") or str(data._target_).rsplit(".", 1)[-1]
         source = {"target": str(data._target_), **({"data_dir": str(data.data_dir)} if "data_dir" in data else {})}
         system = [SystemMetrics(self.run_id, self.client.tracking_uri)] if self.cfg.logger.system_metrics else []
-        return [DatasetInputs(self.client, self.run_id, name, source), *system]
+        model = [BestNetwork(self.client, self.run_id)] if self.cfg.logger.log_model == "best" else []
+        return [DatasetInputs(self.client, self.run_id, name, source), *system, *model]
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Extra params known only once the run is built (e.g. the global batch size)."""
