@@ -158,7 +158,7 @@ def test_report_html_from_the_ui_shows_its_figures_and_the_verdict_table(reporte
     # (loaded from a file: headless Chromium stalled loading it straight from the server's get-artifact URL)
     assert "mnist.bn_trains_faster" in rendered(page.as_uri(), "--dump-dom")
     shot = tmp_path / "report.png"
-    rendered(page.as_uri(), f"--screenshot={shot}", "--window-size=1100,1400")
+    rendered(page.as_uri(), f"--screenshot={shot}", "--window-size=1100,2400")  # the whole report
     assert colored_pixels(shot) > 5000  # the figures' coloured curves: text alone is black on white
 
 
