@@ -42,7 +42,13 @@ from bnrepro.lifecycle.distributed import (
     rank_command,
 )
 from bnrepro.lifecycle.identity import JobIdentity, job_identity
-from bnrepro.lifecycle.interruption import GracefulStop, RunInterrupted, held_signal, interruptible
+from bnrepro.lifecycle.interruption import (
+    GracefulStop,
+    RunInterrupted,
+    hand_preemption_to_scheduler,
+    held_signal,
+    interruptible,
+)
 from bnrepro.lifecycle.preflight import OutputDirectoryError, check_writable
 from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
 from bnrepro.messages import first_line
@@ -80,7 +86,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     quiet_library_chatter()
     job = JobInfo.from_hydra()
     try:
-        with interruptible():  # SIGINT/SIGTERM -> RunInterrupted: the run ends KILLED, not stuck RUNNING
+        with interruptible():  # SIGINT/SIGTERM/SIGUSR2 -> RunInterrupted: the run ends KILLED, not stuck RUNNING
             result = train(cfg, job)
             late = held_signal()  # arrived while the finished run was being closed
     except BAD_INPUT as error:
@@ -94,6 +100,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         )
         if global_rank() == 0:  # every rank stops at the same step; one says so
             print(f"bnrepro: {stop}{hint}", file=sys.stderr)
+        hand_preemption_to_scheduler(stop.signum)  # under submitit: requeued, resumes into the same run
         raise SystemExit(stop.exit_code) from None
     if late is not None:
         report_signal_after_finish(late, job)

@@ -1,4 +1,4 @@
-"""SIGINT / SIGTERM (Ctrl+C, pre-emption) as a clean, recorded stop instead of a dead process.
+"""SIGINT / SIGTERM / SIGUSR2 (Ctrl+C, pre-emption) as a clean, recorded stop instead of a dead process.
 
 Outside training a signal raises `RunInterrupted` at once: nothing is half-done that a checkpoint
 could keep. While the Trainer trains, `GracefulStop` (a Lightning callback that run.py always adds)
@@ -12,6 +12,12 @@ closing, signals are held (`hold_signals`): the closing finishes, then the job r
 
 The stop decision is reduced across ranks (any rank's signal stops all of them at the same
 step), so it also holds under DDP.
+
+Under submitit (hydra/launcher=slurm or local) the scheduler warns a job with `PREEMPTION_SIGNAL`
+before its time limit or a pre-emption. Training stops on it like on SIGTERM (checkpoint, run KILLED);
+then `hand_preemption_to_scheduler` passes the signal on to the handler submitit had installed before
+the job, which calls the launcher's public `checkpoint()` and requeues the job; the requeued job
+resumes (resume=auto) into the same MLflow run.
 """
 
 import contextlib
@@ -21,10 +27,13 @@ import threading
 from collections.abc import Iterator
 
 import lightning as L
+import submitit
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# submitit 1.5.4's pre-emption / time-limit warning: SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another.
+PREEMPTION_SIGNAL = signal.Signals["SIG" + submitit.JobEnvironment.USR_SIG]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, PREEMPTION_SIGNAL)
 
 
 class RunInterrupted(BaseException):
@@ -73,7 +82,7 @@ _state = _SignalState()
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into `RunInterrupted` for the duration of one job (main thread only)."""
+    """Turn the `STOP_SIGNALS` into `RunInterrupted` for the duration of one job (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -90,7 +99,7 @@ def interruptible() -> Iterator[None]:
 
 
 def hold_signals() -> None:
-    """From now until the job ends (`interruptible` exits), SIGINT/SIGTERM are recorded, never raised.
+    """From now until the job ends (`interruptible` exits), the `STOP_SIGNALS` are recorded, never raised.
 
     Called when a run starts closing (`tracking.run.TrackedRun`): a signal raised halfway through
     writing its last metrics, tags and status would leave it RUNNING. `held_signal` says what
@@ -104,6 +113,15 @@ def held_signal() -> int | None:
     return _state.held
 
 
+def hand_preemption_to_scheduler(signum: int) -> None:
+    """After a run stopped on `PREEMPTION_SIGNAL` has been closed (`interruptible` has exited and
+    restored the job's previous handlers), deliver the signal to the handler installed before the job:
+    submitit's checkpoint-and-requeue, which exits the process. A plain run has no such handler
+    (the default action would kill the process), so it returns and the job exits as usual."""
+    if signum == PREEMPTION_SIGNAL and callable(signal.getsignal(signum)):
+        signal.raise_signal(signum)
+
+
 def validation_follows(trainer: L.Trainer, batch_idx: int) -> bool:
     """Whether the Trainer validates after training batch `batch_idx` (integer `val_check_interval`)."""
     interval = trainer.val_check_interval
@@ -111,7 +129,7 @@ def validation_follows(trainer: L.Trainer, batch_idx: int) -> bool:
 
 
 class GracefulStop(L.Callback):
-    """Defers SIGINT/SIGTERM during training to the next chunk boundary (see the module docstring).
+    """Defers the `STOP_SIGNALS` during training to the next chunk boundary (see the module docstring).
 
     Signals are entirely ours. Lightning 2.6 always installs a SIGTERM handler when `fit` starts
     (its signal connector, with no public switch to turn it off), which would raise `SIGTERMException`
