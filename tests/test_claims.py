@@ -353,12 +353,6 @@ claims:
 """
 
 
-def test_divergence_as_the_expected_outcome_passes(tmp_path):
-    claim = claim_from(DIVERGES, tmp_path)
-    runs = [record("none", s, outcome="diverged") for s in range(3)]
-    assert evaluate_claim(claim, runs).verdict is Verdict.PASS
-
-
 def test_expected_divergence_fails_when_a_run_finished_normally(tmp_path):
     claim = claim_from(DIVERGES, tmp_path)
     runs = [record("none", 0, outcome="diverged"), record("none", 1)]
@@ -384,9 +378,13 @@ claims:
 """
 
 
-def test_training_without_divergence_as_the_expected_outcome_passes(tmp_path):
-    claim = claim_from(TRAINS, tmp_path)
-    assert evaluate_claim(claim, [record("bn", s) for s in range(3)]).verdict is Verdict.PASS
+@pytest.mark.parametrize(
+    ("claims", "norm", "outcome"), [(DIVERGES, "none", "diverged"), (TRAINS, "bn", None)], ids=["diverges", "trains"]
+)
+def test_an_outcome_claim_passes_when_every_run_has_the_expected_outcome(tmp_path, claims, norm, outcome):
+    claim = claim_from(claims, tmp_path)
+    runs = [record(norm, s, outcome=outcome) for s in range(3)]
+    assert evaluate_claim(claim, runs).verdict is Verdict.PASS
 
 
 def test_expected_training_fails_when_a_run_diverged(tmp_path):

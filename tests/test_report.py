@@ -144,6 +144,22 @@ def test_configurations_come_from_logged_params_not_from_run_names():
     assert list(group_by_configuration(runs)) == ["optim.lr=0.1", "optim.lr=0.5"]
 
 
+def test_a_param_that_varies_beside_a_group_choice_splits_the_configurations_too():
+    runs = []
+    for lr in ("0.1", "0.5"):
+        for norm in ("bn", "none"):
+            run = job(f"norm={norm},lr={lr}", 0, norm=norm)
+            run.params.update({"model.base_lr": lr, "optim.lr": lr})  # optim.lr follows model.base_lr
+            runs.append(run)
+    groups = group_by_configuration(runs)
+    assert list(groups) == [
+        "norm=bn,model.base_lr=0.1",
+        "norm=none,model.base_lr=0.1",
+        "norm=bn,model.base_lr=0.5",
+        "norm=none,model.base_lr=0.5",
+    ]
+
+
 def test_the_table_shows_the_papers_number_beside_ours_where_published():
     groups = {
         "experiment=bn_x30": [job("experiment=bn_x30", seed, (0.70, 0.75), experiment="bn_x30") for seed in (0, 1)]

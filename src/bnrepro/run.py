@@ -209,7 +209,7 @@ def check_batch_fits(cfg: DictConfig, datamodule) -> None:
     """A batch larger than an in-memory training split fails before a run is recorded (its size is known
     once the split is read; DataLoader-fed data checks it when its loader is built)."""
     if isinstance(datamodule, InMemoryDataModule):
-        train_split, _ = datamodule.read_splits()
+        train_split, _ = datamodule.cpu_splits()
         world_size = processes_per_node(cfg.trainer.devices, cfg.trainer.accelerator) * cfg.trainer.num_nodes
         require_batch_fits(cfg.data.batch_size, len(train_split), world_size)
 

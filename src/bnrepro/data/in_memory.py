@@ -44,16 +44,23 @@ class InMemoryDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.train_split: Split | None = None
         self.test_split: Split | None = None
+        self._read: tuple[Split, Split] | None = None  # read_splits' result until setup moves it to the device
 
     def read_splits(self) -> tuple[Split, Split]:
         """Return the (train, test) splits on the CPU; subclasses implement this."""
         raise NotImplementedError
 
+    def cpu_splits(self) -> tuple[Split, Split]:
+        """`read_splits`, read once: a start-up check (the batch must fit the training split) and `setup` share it."""
+        if self._read is None:
+            self._read = self.read_splits()
+        return self._read
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_split is not None:
             return
-        train, test = (self._prepare(split) for split in self.read_splits())
-        self.train_split, self.test_split = train, test
+        train, test = (self._prepare(split) for split in self.cpu_splits())
+        self.train_split, self.test_split, self._read = train, test, None
 
     def _prepare(self, split: Split) -> Split:
         if self.binarize:  # the paper's MNIST inputs are binary images (Sec. 4.1)

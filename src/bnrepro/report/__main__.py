@@ -32,7 +32,6 @@ from bnrepro.report.claims import (
     evaluate,
     in_scope,
     load_claims,
-    split_by,
     unusable_reason,
 )
 from bnrepro.report.figures import accuracy_figure, percentile_figures, typical_unit
@@ -64,7 +63,7 @@ def write_report(
     judged = list(dict.fromkeys(base_claim_id(result.claim.id) for result in results))
     protocol = check_protocol(*registered, sweep.runs, judged) if registered else None
     out_of_scope = [claim for claim in registry.claims if not in_scope(claim, sweep.runs)]
-    groups = configurations(sweep.runs, across)
+    groups = group_by_configuration(sweep.runs)
     about = provenance(sweep)
     title = (
         f"sweep {sweep.name}: data {about['data']} (binarize={about['binarize']}), "
@@ -93,17 +92,6 @@ def write_report(
         note, metrics = parent_note(rows, target, results), summary_metrics(rows)
         log_report(sweep.parent_run_id, out_dir, uri=uri, note=note, metrics=metrics)
     return out_dir
-
-
-def configurations(runs: list[RunRecord], across: str | None) -> dict[str, list[RunRecord]]:
-    """The runs by configuration; with a free choice judged `across` its values, that value leads the label."""
-    if across is None:
-        return group_by_configuration(runs)
-    return {
-        f"{across}={value},{label}": members
-        for value, subset in split_by(runs, across).items()
-        for label, members in group_by_configuration(subset).items()
-    }
 
 
 def distribution_figures(

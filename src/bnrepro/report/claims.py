@@ -247,7 +247,7 @@ def _parse_published(entry: Any) -> Published:
 def matches(run: RunRecord, selector: dict[str, Any]) -> bool:
     """A selector key is a tag (e.g. norm, experiment) or else a dotted config param; a list value matches any item."""
     for key, wanted in selector.items():
-        actual = run.tags.get(key, run.params.get(key))
+        actual = run.value(key)
         allowed = wanted if isinstance(wanted, list) else [wanted]
         if actual is None or str(actual).lower() not in {str(value).lower() for value in allowed}:
             return False
@@ -703,7 +703,8 @@ def split_by(runs: Sequence[RunRecord], key: str) -> dict[str, list[RunRecord]]:
     """The runs by their value of `key` (tag, else param), values in numeric order."""
     values: dict[str, list[RunRecord]] = {}
     for run in runs:
-        values.setdefault(str(run.tags.get(key, run.params.get(key, "-"))), []).append(run)
+        value = run.value(key)
+        values.setdefault("-" if value is None else str(value), []).append(run)
     return {value: values[value] for value in sorted(values, key=numeric_order)}
 
 

@@ -163,7 +163,7 @@ def grid_deviations(plan: Preregistration, runs: list[RunRecord]) -> list[str]:
     keys = list(plan.grid)
     combinations = itertools.product(*plan.grid.values())
     expected = {tuple(_normal(value) for value in combination) for combination in combinations}
-    ran = Counter(tuple(_normal(value_of(run, key)) for key in keys) for run in runs)
+    ran = Counter(tuple(_normal(run.value(key)) for key in keys) for run in runs)
     found = []
     missing = sorted(expected - set(ran))
     if missing:
@@ -180,7 +180,7 @@ def grid_deviations(plan: Preregistration, runs: list[RunRecord]) -> list[str]:
 def fixed_deviations(plan: Preregistration, runs: list[RunRecord]) -> list[str]:
     found = []
     for key, registered in plan.fixed.items():
-        actual = Counter(str(value_of(run, key)) for run in runs if _normal(value_of(run, key)) != _normal(registered))
+        actual = Counter(str(run.value(key)) for run in runs if _normal(run.value(key)) != _normal(registered))
         for value, count in sorted(actual.items()):
             found.append(f"{key}: {count} run(s) have {value}, the protocol fixes {registered}")
     return found
@@ -201,11 +201,6 @@ def claim_deviations(plan: Preregistration, judged_claims: list[str]) -> list[st
     if unjudged:
         found.append(f"registered but not judged: {', '.join(unjudged)}")
     return found
-
-
-def value_of(run: RunRecord, key: str) -> str | None:
-    """A grid or fixed key's value in a run: its tag (group choices, seed), else its logged param."""
-    return run.tags.get(key, run.params.get(key))
 
 
 def _normal(value: Any) -> str:

@@ -17,6 +17,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bnrepro.messages import duration
 from bnrepro.report.__main__ import REPORTS_DIR, safe_name, write_report
 from bnrepro.report.claims import ClaimsFileError, base_claim_id
 from bnrepro.report.protocol import PROTOCOLS_DIR, Preregistration, ProtocolFileError, load_preregistration
@@ -107,9 +108,9 @@ def protocol_section(path: Path, plan: Preregistration, document: dict, figures:
         + f"; runs at {commits}",
         f"- **Runs**: data {about['data']} (binarize={about['binarize']}), {about['max_steps']} steps, seeds "
         f"{about['seeds']}; status {about['statuses']}",
-        f"- **Wall time**: {minutes(timing['sweep_wall_s'])} for the sweep; per run median "
-        f"{seconds(timing['run_wall_s_median'])} ({seconds(timing['run_wall_s_min'])}-"
-        f"{seconds(timing['run_wall_s_max'])}, {timing['runs_timed']} runs)",
+        f"- **Wall time**: {wall(timing['sweep_wall_s'])} for the sweep; per run median "
+        f"{wall(timing['run_wall_s_median'])} ({wall(timing['run_wall_s_min'])}-"
+        f"{wall(timing['run_wall_s_max'])}, {timing['runs_timed']} runs)",
         f"- **Choices**: {plan.choices or '-'}",
         f"- **Deviations from the protocol**: {'none' if not deviations else len(deviations)}",
         *[f"  - {deviation}" for deviation in deviations],
@@ -164,12 +165,8 @@ def results_markdown(summary: list[str], sections: list[list[str]], uri: str | N
     return "\n".join(lines)
 
 
-def minutes(value: float | None) -> str:
-    return "-" if value is None else f"{value / 60:.1f} min"
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} s"
+def wall(seconds: float | None) -> str:
+    return "-" if seconds is None else duration(seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

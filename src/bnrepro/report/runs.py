@@ -48,6 +48,10 @@ class RunRecord:
         """The run's status as a result: "diverged" (a finding, not a crash) or its MLflow status."""
         return "diverged" if self.tags.get(OUTCOME_TAG) == "diverged" else self.status
 
+    def value(self, key: str) -> str | None:
+        """A selector's, grid's or protocol's key in this run: its tag (group choices, seed), else its logged param."""
+        return self.tags.get(key, self.params.get(key))
+
     def final(self, metric: str) -> float | None:
         points = self.history.get(metric)
         return points[-1][1] if points else None
@@ -145,13 +149,29 @@ def varying_values(configurations: list[dict[str, str]]) -> dict[str, list[str]]
 
 def group_by_configuration(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by configuration (seeds pooled), labelled by what varies between the groups,
-    e.g. {"norm=bn": [...], "norm=none": [...]}, in order of first appearance."""
+    e.g. {"norm=bn": [...], "norm=none": [...]}, in order of first appearance. A group choice names a
+    configuration best; the other varying keys join the label, in order, only as far as needed for each
+    group to hold one configuration (a sweep over norm and model.base_lr: "norm=bn,model.base_lr=0.1")."""
     configurations = [configuration_of(run) for run in runs]
     differing = varying_values(configurations)
-    named = [key for key in differing if key in GROUPS]  # a group choice names a configuration best
-    varying = named or list(differing)
+    varying = [key for key in differing if key in GROUPS]
+    for key in differing:
+        if _one_configuration_each(configurations, varying):
+            break
+        if key not in varying:
+            varying.append(key)
     groups: dict[str, list[RunRecord]] = {}
     for run, configuration in zip(runs, configurations, strict=True):
-        label = ",".join(f"{key}={configuration.get(key, '-')}" for key in varying)
+        label = _label(configuration, varying)
         groups.setdefault(label or configuration.get("experiment", "all runs"), []).append(run)
     return groups
+
+
+def _label(configuration: dict[str, str], keys: list[str]) -> str:
+    return ",".join(f"{key}={configuration.get(key, '-')}" for key in keys)
+
+
+def _one_configuration_each(configurations: list[dict[str, str]], keys: list[str]) -> bool:
+    """Whether labelling by `keys` puts runs of one configuration only under each label."""
+    seen: dict[str, dict[str, str]] = {}
+    return all(seen.setdefault(_label(c, keys), c) == c for c in configurations)

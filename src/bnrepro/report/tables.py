@@ -164,16 +164,12 @@ def protocol_lines(check: ProtocolCheck | None) -> list[str]:
     if check is None:
         return ["## Protocol", "", "No protocol in protocols/ registers this sweep: its verdicts are exploratory.", ""]
     registration = check.registration
-    registered = (
-        "not committed"
-        if registration is None
-        else f"registered at commit `{registration.first_commit[:12]}` ({registration.first_date})"
-        + (
-            ""
-            if registration.last_commit == registration.first_commit
-            else f", last changed at `{registration.last_commit[:12]}`"
-        )
-    )
+    if registration is None:
+        registered = "not committed"
+    else:
+        registered = f"registered at commit `{registration.first_commit[:12]}` ({registration.first_date})"
+        if registration.last_commit != registration.first_commit:
+            registered += f", last changed at `{registration.last_commit[:12]}`"
     commits = ", ".join(f"`{commit[:12]}`" for commit in check.run_commits) or "none recorded"
     lines = [
         "## Protocol",
@@ -182,6 +178,8 @@ def protocol_lines(check: ProtocolCheck | None) -> list[str]:
         f"- **Question**: {check.plan.question}",
         f"- **Choices**: {check.plan.choices or '-'}",
     ]
+    if check.plan.budget:
+        lines.append(f"- **Budget**: {check.plan.budget}")
     if check.plan.across:
         lines.append(f"- **Judged across** `{check.plan.across}`: every claim at each value, none picked")
     lines += [f"- **Deviations**: {'none' if not check.deviations else len(check.deviations)}"]
