@@ -38,6 +38,7 @@ def write_results(
     reports_dir: Path = REPORTS_DIR,
 ) -> Path:
     plans = [(path, load_preregistration(path)) for path in sorted(Path(protocols_dir).glob("*.yaml"))]
+    code = git_state()  # before the figures below are copied: their change must not mark the code dirty
     sections, summary = [], []
     for path, plan in plans:
         try:
@@ -53,7 +54,7 @@ def write_results(
         sections.append(protocol_section(path, plan, document, [f.relative_to(out.parent) for f in figures]))
         summary += summary_rows(plan, document)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(results_markdown(summary, sections, uri))
+    out.write_text(results_markdown(summary, sections, uri, code))
     return out
 
 
@@ -140,11 +141,10 @@ def not_run_section(path: Path, plan: Preregistration) -> list[str]:
     return [f"## {plan.protocol}", "", plan.question, "", f"Not run yet: `{plan.command}` (protocol `{path}`).", ""]
 
 
-def results_markdown(summary: list[str], sections: list[list[str]], uri: str | None) -> str:
-    state = git_state()
-    commit = state.get(GIT_COMMIT_TAG, "unknown")[:12] + (
-        " (with uncommitted changes)" if state.get(GIT_DIRTY_TAG) == "True" else ""
-    )
+def results_markdown(summary: list[str], sections: list[list[str]], uri: str | None, code: dict[str, str]) -> str:
+    """The page; `code` is the git state (commit, dirty flag) of the code that judged the runs."""
+    dirty = " (with uncommitted changes)" if code.get(GIT_DIRTY_TAG) == "True" else ""
+    commit = code.get(GIT_COMMIT_TAG, "unknown")[:12] + dirty
     lines = [
         "# Results of the pre-registered reproductions",
         "",
