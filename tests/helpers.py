@@ -23,16 +23,18 @@ from bnrepro.lifecycle.interruption import GracefulStop
 class StopAtStep(GracefulStop):
     """GracefulStop that, at `step`, does what a pre-empting scheduler (or Ctrl+C) does: signal this process.
 
-    action: "sigterm" or "sigint" (a real signal, handled like any other), or "crash" (an exception).
+    action: "sigterm" or "sigint" (a real signal, handled like any other, sent `times` times in a row),
+    or "crash" (an exception).
     """
 
-    def __init__(self, step: int, action: str = "sigterm"):
-        self.step, self.action = step, action
+    def __init__(self, step: int, action: str = "sigterm", times: int = 1):
+        self.step, self.action, self.times = step, action, times
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step and self.action in ("sigterm", "sigint"):
             # deferred by GracefulStop: the stop happens at the next step boundary
-            os.kill(os.getpid(), signal.SIGTERM if self.action == "sigterm" else signal.SIGINT)
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGTERM if self.action == "sigterm" else signal.SIGINT)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:

@@ -8,6 +8,7 @@ import pytest
 from conftest import QUICK, ROOT
 from mlflow.tracking import MlflowClient
 
+from bnrepro.lifecycle.claim import held_claims, job_claim, wait_for_claims
 from bnrepro.tracking.tags import ROLE_TAG, START_TAG
 
 
@@ -36,3 +37,27 @@ def test_two_identical_sweeps_started_at_once_train_each_job_once(store, tmp_pat
     for run in runs:
         steps = [point.step for point in client.get_metric_history(run.info.run_id, "train/loss")]
         assert len(steps) == len(set(steps)) == 20  # one writer: every step once
+
+
+def hold_claim_in_another_process(folder) -> subprocess.Popen:
+    """A process that holds the job claim on `folder` until its standard input closes."""
+    code = (
+        "import sys; from bnrepro.lifecycle.claim import job_claim\n"
+        f"with job_claim({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_job_claimed_by_another_process_is_held_until_that_process_lets_go(tmp_path):
+    running, idle = tmp_path / "0_seed=0", tmp_path / "1_seed=1"
+    holder = hold_claim_in_another_process(running)
+    with job_claim(str(idle)):
+        pass
+    try:
+        assert held_claims(tmp_path) == [running]
+        assert wait_for_claims(tmp_path, timeout=0.5) == [running]
+    finally:
+        holder.communicate("")
+    assert wait_for_claims(tmp_path, timeout=5) == []

@@ -107,6 +107,17 @@ def test_a_second_ctrl_c_while_the_stopped_run_closes_still_ends_it_killed(store
     assert run.info.status == "KILLED" and "SIGINT at step 20" in run.data.tags[FAILURE_TAG]
 
 
+def test_the_same_signal_twice_at_once_is_one_request_and_still_stops_at_the_step_boundary(
+    store, tmp_path, monkeypatch
+):
+    # A terminal's Ctrl+C reaches a parallel sweep's job directly and again through the sweep's process.
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: StopAtStep(20, "sigterm", times=2))
+    assert cli(tmp_path, "trainer.max_steps=60", "callbacks.checkpoint.every_n_steps=10", *QUICK) == 143
+    (run,) = all_runs(store)
+    assert run.info.status == "KILLED" and run.data.tags[FAILURE_TAG].endswith("SIGTERM at step 20")
+    assert load_checkpoint(checkpoint_dir(tmp_path / "run") / LAST)["global_step"] == 20  # saved at the stop
+
+
 @pytest.mark.slow
 def test_a_store_locked_while_the_run_closes_still_ends_it_finished_with_every_metric(store, tmp_path, monkeypatch):
     lock = StoreLock(Path(store.removeprefix("sqlite:///")))
@@ -214,3 +225,40 @@ def test_sigterm_during_a_sweep_ends_the_job_and_the_sweep_killed(store, tmp_pat
     runs = {run.data.tags["bnrepro.role"]: run for run in all_runs(store)}  # job seed=1 never started
     assert runs["job"].info.status == "KILLED" and runs["sweep"].info.status == "KILLED"
     assert "sweep stopped before all its jobs ran" in runs["sweep"].data.tags[FAILURE_TAG]
+
+
+def start_parallel_sweep(tmp_path) -> subprocess.Popen:
+    """Three endless jobs, two at a time in joblib's worker processes, in a process group of their own."""
+    dirs = [f"hydra.sweep.dir={tmp_path}/sweep"]
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+               "seed=0,1,2", *ENDLESS, *dirs]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+# (signal, sent to the sweep's process only or to its whole process group, as a terminal's Ctrl+C is)
+PARALLEL_STOPS = [(signal.SIGTERM, "process"), (signal.SIGINT, "process"), (signal.SIGINT, "group")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "target"), PARALLEL_STOPS, ids=[f"{s.name}-{t}" for s, t in PARALLEL_STOPS])
+def test_a_stopped_parallel_sweep_closes_every_running_job_killed_with_one_line(signum, target, store, tmp_path):
+    process = start_parallel_sweep(tmp_path)
+    wait_for(lambda: len(list((tmp_path / "sweep").glob("*/checkpoints/last.ckpt"))) == 2, process)
+    if target == "group":
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 128 + signum
+    runs = all_runs(store)
+    jobs = [run for run in runs if run.data.tags[ROLE_TAG] == "job"]
+    assert len(jobs) == 2 and all(run.info.status == "KILLED" for run in jobs)  # the third never started
+    assert all(f"{signum.name} at step" in run.data.tags[FAILURE_TAG] for run in jobs)  # each at a step boundary
+    (sweep,) = [run for run in runs if run.data.tags[ROLE_TAG] == "sweep"]
+    assert sweep.info.status == "KILLED"
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"bnrepro: sweep stopped by {signum.name};")

@@ -51,7 +51,7 @@ from bnrepro.lifecycle.interruption import (
 )
 from bnrepro.lifecycle.preflight import OutputDirectoryError, check_writable
 from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
-from bnrepro.messages import first_line
+from bnrepro.messages import cause, first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
 from bnrepro.nn.sync_batchnorm import convert_sync_batchnorm
@@ -59,6 +59,7 @@ from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.liveness import mark_lost_runs
 from bnrepro.tracking.run import is_tracked, open_run, record_skipped
 from bnrepro.tracking.store import TrackingError, open_store
+from bnrepro.tracking.sweep import JobFailed
 from bnrepro.tracking.tags import EVAL_EXAMPLES_PARAM, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ def quiet_library_chatter() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def main(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> dict[str, float] | JobFailed:
+    """One job. A failure ends a single run's process (exit 2 for bad input, the error otherwise); in a
+    sweep it fails only its job (`JobFailed`) and the sweep goes on. A signal stops either."""
     quiet_library_chatter()
     job = JobInfo.from_hydra()
     try:
@@ -91,7 +94,15 @@ def main(cfg: DictConfig) -> dict[str, float]:
             late = held_signal()  # arrived while the finished run was being closed
     except BAD_INPUT as error:
         print(f"bnrepro: error: {first_line(error)}", file=sys.stderr)
+        if job.sweep_id:
+            return JobFailed(job.name or "job", cause(error), exit_code=2)
         raise SystemExit(2) from None
+    except Exception as error:
+        if not job.sweep_id:
+            raise  # Hydra prints it, with its traceback
+        log.exception("%s failed", job.name or "job")  # the traceback, in the job's log file too
+        print(f"bnrepro: error: {job.name or 'job'} failed: {cause(error)}; the sweep goes on", file=sys.stderr)
+        return JobFailed(job.name or "job", cause(error), exit_code=1)
     except RunInterrupted as stop:
         hint = (
             f"; continue it with the same command plus resume={stop.resume_with}"

@@ -11,6 +11,7 @@ then finds the job FINISHED and skips it, or resumes it if the first was stopped
 import contextlib
 import fcntl
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,3 +38,23 @@ def job_claim(output_dir: str | None) -> Iterator[None]:
             log.warning("another process is running the job in %s: waiting for it to finish", output_dir)
             fcntl.flock(claim, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
+
+
+def held_claims(folder: str | Path) -> list[Path]:
+    """The job directories under `folder` whose claim another process holds now (jobs still running)."""
+    held = []
+    for path in sorted(Path(folder).rglob(CLAIM_FILE)):
+        with open(path, "a") as claim:
+            try:
+                fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at once, when the file closes
+            except BlockingIOError:
+                held.append(path.parent)
+    return held
+
+
+def wait_for_claims(folder: str | Path, timeout: float, poll: float = 0.2) -> list[Path]:
+    """Wait until no job under `folder` is running (or `timeout` seconds pass); the ones still running."""
+    deadline = time.monotonic() + timeout
+    while (held := held_claims(folder)) and time.monotonic() < deadline:
+        time.sleep(poll)
+    return held

@@ -28,6 +28,7 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 GIT_DIRTY_TAG = "bnrepro.git_dirty"
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_RUN_ENV = "BNREPRO_SWEEP_RUN_ID"  # set for the jobs of a multirun by `SweepTracking`
+SWEEP_INVOCATION_ENV = "BNREPRO_SWEEP_INVOCATION"  # this invocation of a multirun (its failed jobs' folder)
 SWEEP_VARYING_ENV = "BNREPRO_SWEEP_VARYING"  # the keys a multirun sweeps over, comma-separated: its jobs' run names
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the MLflow 3 UI opens "custom_model_development" on its runs list
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
