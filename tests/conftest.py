@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,18 @@ def run_train(
     tmp_path.mkdir(parents=True, exist_ok=True)
     # cwd=tmp_path: anything a run wrongly wrote into its working directory stays inside the test's folder.
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path) -> Iterator[Path]:
+    """A 3 MB tmpfs holding a fresh store (the test points MLFLOW_TRACKING_URI at it); skipped where
+    this machine does not allow mounting one."""
+    folder = tmp_path / "small_fs"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a small file system")
+    try:
+        shutil.copyfile(store_template(), folder / "mlflow.db")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -6,16 +6,14 @@ one line, ``bnrepro: error: ...``, exit 2.
 """
 
 import contextlib
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cli_inprocess import cli
-from conftest import QUICK, store_template
+from conftest import QUICK
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -284,20 +282,6 @@ def test_an_empty_checkpoint_file_is_a_checkpoint_error_naming_it(tmp_path):
 
 
 # --- a store on a broken file system (a real small tmpfs; needs the right to mount, else skipped) ---------
-@pytest.fixture
-def small_filesystem(tmp_path) -> Iterator[Path]:
-    """A 3 MB tmpfs holding a fresh store (MLFLOW_TRACKING_URI points at it by the test)."""
-    folder = tmp_path / "small_fs"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("this machine does not allow mounting a small file system")
-    try:
-        shutil.copyfile(store_template(), folder / "mlflow.db")
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
 def remount(folder: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
 

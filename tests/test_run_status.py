@@ -23,6 +23,7 @@ from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoin
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.metrics import MLflowMetricsLogger
+from bnrepro.tracking.run import TrackedRun
 from bnrepro.tracking.tags import (
     EVAL_EXAMPLES_PARAM,
     FAILURE_TAG,
@@ -133,6 +134,25 @@ def test_a_store_locked_while_the_run_closes_still_ends_it_finished_with_every_m
     assert sorted(point.step for point in history) == [10, 20]
 
 
+@pytest.mark.slow
+def test_a_store_locked_past_every_retry_is_one_line_exit_2_naming_the_store(store, tmp_path, capsys, monkeypatch):
+    lock = StoreLock(Path(store.removeprefix("sqlite:///")))
+    monkeypatch.setattr(run_module, "GracefulStop", lambda: LockStoreWhenTrainingEnds(lock))
+    monkeypatch.setattr(MLflowMetricsLogger, "WRITE_ATTEMPTS", 1)  # one 20 s busy wait per write, not three
+    monkeypatch.setattr(TrackedRun, "CLOSE_ATTEMPTS", 1)
+    try:
+        code = cli(tmp_path, "trainer.max_steps=20", *QUICK)
+    finally:
+        lock.release()
+
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("bnrepro: error: could not close MLflow run ") and "as FINISHED after 1 attempts" in last
+    assert "Make the store writable" in last
+    (run,) = all_runs(store)
+    assert run.info.status == "RUNNING"  # its heartbeat has stopped: a later start marks it lost
+
+
 def job_run(client: MlflowClient, silent_for: float, heartbeat_seconds: float = 60, stale_after: float = 600) -> str:
     """A RUNNING bnrepro job run whose process last beat `silent_for` seconds ago, with its own liveness settings."""
     tags = {ROLE_TAG: "job", HEARTBEAT_SECONDS_TAG: str(heartbeat_seconds), STALE_AFTER_TAG: str(stale_after)}
@@ -194,71 +214,3 @@ def test_every_run_records_the_heartbeat_settings_it_is_judged_by(store):
 
     (run,) = all_runs(store)
     assert (run.data.tags[HEARTBEAT_SECONDS_TAG], run.data.tags[STALE_AFTER_TAG]) == ("7.0", "70.0")
-
-
-@pytest.mark.slow
-def test_sigkilled_run_is_marked_failed_when_the_next_job_starts(store, tmp_path):
-    process = start_training(tmp_path, "logger.heartbeat_seconds=1", "logger.stale_after_seconds=3")  # its own
-    wait_for(lambda: (checkpoint_dir(tmp_path / "run") / LAST).exists(), process)
-    process.kill()  # SIGKILL: no handler runs, the run stays RUNNING in the store
-    process.communicate(timeout=60)
-    (lost,) = all_runs(store)
-    assert lost.info.status == "RUNNING"
-    while time.time() - float(MlflowClient(store).get_run(lost.info.run_id).data.tags[HEARTBEAT_TAG]) <= 3:
-        time.sleep(0.2)
-
-    train(compose_config("trainer.max_steps=10", *QUICK), JobInfo())  # judged by the lost run's settings
-
-    marked = MlflowClient(store).get_run(lost.info.run_id)
-    assert marked.info.status == "FAILED" and marked.data.tags[OUTCOME_TAG] == "failed"
-    assert marked.data.tags[FAILURE_TAG].startswith("lost: no heartbeat since")
-
-
-@pytest.mark.slow
-def test_sigterm_during_a_sweep_ends_the_job_and_the_sweep_killed(store, tmp_path):
-    process = start_training(tmp_path, "seed=0,1", multirun=True)
-    wait_for(lambda: any((tmp_path / "sweep").glob("*/checkpoints/last.ckpt")), process)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=120)
-
-    assert process.returncode == 128 + signal.SIGTERM
-    runs = {run.data.tags["bnrepro.role"]: run for run in all_runs(store)}  # job seed=1 never started
-    assert runs["job"].info.status == "KILLED" and runs["sweep"].info.status == "KILLED"
-    assert "sweep stopped before all its jobs ran" in runs["sweep"].data.tags[FAILURE_TAG]
-
-
-def start_parallel_sweep(tmp_path) -> subprocess.Popen:
-    """Three endless jobs, two at a time in joblib's worker processes, in a process group of their own."""
-    dirs = [f"hydra.sweep.dir={tmp_path}/sweep"]
-    command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-               "seed=0,1,2", *ENDLESS, *dirs]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-
-
-# (signal, sent to the sweep's process only or to its whole process group, as a terminal's Ctrl+C is)
-PARALLEL_STOPS = [(signal.SIGTERM, "process"), (signal.SIGINT, "process"), (signal.SIGINT, "group")]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "target"), PARALLEL_STOPS, ids=[f"{s.name}-{t}" for s, t in PARALLEL_STOPS])
-def test_a_stopped_parallel_sweep_closes_every_running_job_killed_with_one_line(signum, target, store, tmp_path):
-    process = start_parallel_sweep(tmp_path)
-    wait_for(lambda: len(list((tmp_path / "sweep").glob("*/checkpoints/last.ckpt"))) == 2, process)
-    if target == "group":
-        os.killpg(process.pid, signum)
-    else:
-        process.send_signal(signum)
-    _, stderr = process.communicate(timeout=300)
-
-    assert process.returncode == 128 + signum
-    runs = all_runs(store)
-    jobs = [run for run in runs if run.data.tags[ROLE_TAG] == "job"]
-    assert len(jobs) == 2 and all(run.info.status == "KILLED" for run in jobs)  # the third never started
-    assert all(f"{signum.name} at step" in run.data.tags[FAILURE_TAG] for run in jobs)  # each at a step boundary
-    (sweep,) = [run for run in runs if run.data.tags[ROLE_TAG] == "sweep"]
-    assert sweep.info.status == "KILLED"
-    assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith(f"bnrepro: sweep stopped by {signum.name};")

@@ -1,6 +1,7 @@
 """Opening the MLflow store and finding runs in it: the one paged search that resume, lost-run
 marking, the sweep summary and the report all use. Imports MLflow only inside functions, never torch."""
 
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ def open_store(uri: str):
     """
     if uri in _OPENED_STORES:
         return _OPENED_STORES[uri]
+    logging.getLogger("mlflow.store.db.utils").addFilter(_failed_statement_tracebacks)
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     _check_sqlite_writable(uri)
@@ -51,6 +53,13 @@ def open_store(uri: str):
         ) from error
     _OPENED_STORES[uri] = client
     return client
+
+
+def _failed_statement_tracebacks(record: logging.LogRecord) -> bool:
+    """A logging filter: MLflow 3.17 logs every failed SQL statement with its traceback (ERROR) just before
+    raising it as an MlflowException. bnrepro retries those writes and reports what still fails in one line
+    naming the store and the fix (a full disk printed ~1,300 lines of them), so they stay out of the console."""
+    return record.levelno < logging.ERROR
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:
