@@ -8,7 +8,7 @@ import pytest
 from conftest import QUICK, ROOT
 from mlflow.tracking import MlflowClient
 
-from bnrepro.lifecycle.claim import held_claims, job_claim, wait_for_claims
+from bnrepro.lifecycle.claim import job_claim, running_jobs
 from bnrepro.tracking.tags import ROLE_TAG, START_TAG
 
 
@@ -50,14 +50,14 @@ def hold_claim_in_another_process(folder) -> subprocess.Popen:
     return holder
 
 
-def test_a_job_claimed_by_another_process_is_held_until_that_process_lets_go(tmp_path):
-    running, idle = tmp_path / "0_seed=0", tmp_path / "1_seed=1"
+def test_a_claim_names_its_holder_until_the_job_lets_go(tmp_path):
+    running, done = tmp_path / "0_seed=0", tmp_path / "1_seed=1"
     holder = hold_claim_in_another_process(running)
-    with job_claim(str(idle)):
+    with job_claim(str(done)):
         pass
     try:
-        assert held_claims(tmp_path) == [running]
-        assert wait_for_claims(tmp_path, timeout=0.5) == [running]
+        assert running_jobs(tmp_path, {holder.pid}) == [running]
+        assert running_jobs(tmp_path, {holder.pid + 1}) == []  # held, but not by one of the given processes
     finally:
         holder.communicate("")
-    assert wait_for_claims(tmp_path, timeout=5) == []
+    assert running_jobs(tmp_path, {holder.pid}) == []

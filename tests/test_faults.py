@@ -32,6 +32,8 @@ CHECKPOINT = Files("run/checkpoints/last.ckpt")  # the run has trained 20 steps 
 CLOSING_FINISHED = Line(r"closing MLflow run \w+ as FINISHED")  # training has ended; the run starts closing
 PARALLEL = ("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1,2", *ENDLESS)
 BOTH_RUNNING = Files("sweep/*/checkpoints/last.ckpt", count=2)  # (the third job waits for a free worker)
+IDLE_WORKER = ("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0", *ENDLESS)  # 1 job, 2 workers
+JOB_RUNNING = Files("sweep/*/checkpoints/last.ckpt")
 SHORT = ("trainer.max_steps=40", *QUICK)
 
 FAULTS = [
@@ -94,6 +96,17 @@ FAULTS = [
         "Ctrl+C to a parallel sweep", PARALLEL, (Step(BOTH_RUNNING, Send((SIGINT,), group=True)),), 130,
         {"job": ["KILLED", "KILLED"], "sweep": ["KILLED"]}, {"job": "SIGINT at step"},
         "bnrepro: sweep stopped by SIGINT;",
+    ),
+    Fault(
+        "Ctrl+C to a parallel sweep with an idle worker", IDLE_WORKER,
+        (Step(JOB_RUNNING, Send((SIGINT,), group=True)),), 130,
+        {"job": ["KILLED"], "sweep": ["KILLED"]}, {"job": "SIGINT at step"},
+        "bnrepro: sweep stopped by SIGINT;",
+    ),
+    Fault(
+        "SIGTERM to a parallel sweep with an idle worker", IDLE_WORKER, (Step(JOB_RUNNING, Send((SIGTERM,))),), 143,
+        {"job": ["KILLED"], "sweep": ["KILLED"]}, {"job": "SIGTERM at step"},
+        "bnrepro: sweep stopped by SIGTERM;",
     ),
     Fault(
         "a rejected value in a parallel sweep", ("-m", "hydra/launcher=parallel", "seed=-1,0", *SHORT), (), 2,

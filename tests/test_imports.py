@@ -15,7 +15,9 @@ def loaded_heavy_modules(code: str) -> list[str]:
     return [name for name in loaded.split(",") if name]
 
 
-@pytest.mark.parametrize("module", ["bnrepro.tracking.tags", "bnrepro.tracking.store", "bnrepro.report"])
+@pytest.mark.parametrize(
+    "module", ["bnrepro.tracking.tags", "bnrepro.tracking.store", "bnrepro.tracking.sweep", "bnrepro.report"]
+)
 def test_importing_a_store_reader_loads_neither_torch_nor_lightning(module):
     assert loaded_heavy_modules(f"import {module}") == []
 

@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
+from bnrepro.lifecycle.interruption import RunInterrupted
+from bnrepro.lifecycle.sweep_stop import STOPPING_FILE, invocation_dir
 from bnrepro.run import train
 from bnrepro.tracking.job import JobInfo
 from bnrepro.tracking.metrics import MLflowMetricsLogger
@@ -32,6 +34,7 @@ from bnrepro.tracking.tags import (
     OUTCOME_TAG,
     ROLE_TAG,
     STALE_AFTER_TAG,
+    SWEEP_INVOCATION_ENV,
 )
 
 ENDLESS = ("trainer.max_steps=1000000", "callbacks.checkpoint.every_n_steps=20", *QUICK)
@@ -117,6 +120,18 @@ def test_the_same_signal_twice_at_once_is_one_request_and_still_stops_at_the_ste
     (run,) = all_runs(store)
     assert run.info.status == "KILLED" and run.data.tags[FAILURE_TAG].endswith("SIGTERM at step 20")
     assert load_checkpoint(checkpoint_dir(tmp_path / "run") / LAST)["global_step"] == 20  # saved at the stop
+
+
+def test_a_queued_job_of_a_stopped_sweep_stops_before_opening_a_run(store, tmp_path, monkeypatch):
+    monkeypatch.setenv(SWEEP_INVOCATION_ENV, "this-invocation")
+    stopping = invocation_dir(tmp_path / "sweep") / STOPPING_FILE
+    stopping.parent.mkdir(parents=True)
+    stopping.write_text(str(int(signal.SIGTERM)))  # what SweepStop writes before passing the signal on
+    job = JobInfo(output_dir=str(tmp_path / "sweep" / "2_seed=2"), sweep_id=str(tmp_path / "sweep"))
+
+    with pytest.raises(RunInterrupted, match="interrupted by SIGTERM"):
+        train(compose_config("trainer.max_steps=10", *QUICK), job)
+    assert all_runs(store) == []
 
 
 @pytest.mark.slow

@@ -92,6 +92,8 @@ def test_a_failing_job_fails_alone_and_the_sweep_ends_failed_naming_it(
     runs = runs_by_role(store)
     finished = [r.info.run_name for r in runs["job"] if r.info.status == "FINISHED"]
     assert finished == ["seed=0"]  # the job after the failed one still ran
+    failed = [(r.info.run_name, r.data.tags[FAILURE_TAG]) for r in runs["job"] if r.info.status == "FAILED"]
+    assert failed == ([] if kind == "rejected value" else [("seed=1", "RuntimeError: simulated crash")])
     (parent,) = runs["sweep"]
     assert parent.info.status == "FAILED"
     assert parent.data.tags[FAILURE_TAG].startswith(f"1 of 2 jobs failed: seed={seed} ({reason}")
@@ -106,12 +108,9 @@ def test_a_rejected_job_opens_no_run(store, tmp_path):
 
 
 def test_failed_jobs_recorded_by_other_processes_are_read_back_in_job_order(tmp_path):
-    ledger = FailedJobs(tmp_path, "invocation")
-    for number in (10, 2):  # a parallel launcher's jobs end in any order
+    for number in (10, 2):  # a parallel launcher's jobs end in any order, each in its own process
         FailedJobs(tmp_path, "invocation").add(number, JobFailed(f"seed={number}", "ConfigError: no", 2))
-    assert [failure.job for failure in ledger.read()] == ["seed=2", "seed=10"]
-    ledger.remove()
-    assert ledger.read() == [] and list(tmp_path.iterdir()) == []
+    assert [failure.job for failure in FailedJobs(tmp_path, "invocation").read()] == ["seed=2", "seed=10"]
 
 
 def test_failed_jobs_line_names_each_job_and_its_reason():

@@ -51,6 +51,7 @@ from bnrepro.lifecycle.interruption import (
 )
 from bnrepro.lifecycle.preflight import OutputDirectoryError, check_writable
 from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
+from bnrepro.lifecycle.sweep_stop import requested_stop
 from bnrepro.messages import cause, first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
@@ -146,6 +147,9 @@ def train(cfg: DictConfig, job: JobInfo) -> dict[str, float]:
         mark_lost_runs(open_store(tracking_uri(cfg.logger.tracking_uri)))
     # Rank 0 claims the job's directory: an identical command started at the same moment waits, then skips it.
     with job_claim(job.output_dir if global_rank() == 0 else None):
+        stopped_by = requested_stop(job.sweep_id)  # a queued job of a stopped parallel sweep: no run opened
+        if stopped_by is not None:
+            raise RunInterrupted(stopped_by)
         return start(cfg, job, identity)
 
 

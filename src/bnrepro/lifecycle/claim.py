@@ -11,7 +11,7 @@ then finds the job FINISHED and skips it, or resumes it if the first was stopped
 import contextlib
 import fcntl
 import logging
-import time
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +24,8 @@ CLAIM_FILE = ".bnrepro-job.lock"
 
 @contextlib.contextmanager
 def job_claim(output_dir: str | None) -> Iterator[None]:
-    """Hold the job's claim on `output_dir` for the block, waiting while another process holds it."""
+    """Hold the job's claim on `output_dir` for the block, waiting while another process holds it.
+    While held, the claim file names the holding process (`running_jobs`)."""
     if not output_dir:  # a direct train() call without a run directory: nothing to share
         yield
         return
@@ -37,24 +38,24 @@ def job_claim(output_dir: str | None) -> Iterator[None]:
         except BlockingIOError:
             log.warning("another process is running the job in %s: waiting for it to finish", output_dir)
             fcntl.flock(claim, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+        _write_holder(claim, str(os.getpid()))
+        try:
+            yield
+        finally:
+            _write_holder(claim, "")  # then closing the file releases the lock
 
 
-def held_claims(folder: str | Path) -> list[Path]:
-    """The job directories under `folder` whose claim another process holds now (jobs still running)."""
-    held = []
+def _write_holder(claim, text: str) -> None:
+    claim.truncate(0)
+    claim.write(text)
+    claim.flush()
+
+
+def running_jobs(folder: str | Path, processes: set[int]) -> list[Path]:
+    """The job directories under `folder` whose claim one of `processes` holds now."""
+    running = []
     for path in sorted(Path(folder).rglob(CLAIM_FILE)):
-        with open(path, "a") as claim:
-            try:
-                fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at once, when the file closes
-            except BlockingIOError:
-                held.append(path.parent)
-    return held
-
-
-def wait_for_claims(folder: str | Path, timeout: float, poll: float = 0.2) -> list[Path]:
-    """Wait until no job under `folder` is running (or `timeout` seconds pass); the ones still running."""
-    deadline = time.monotonic() + timeout
-    while (held := held_claims(folder)) and time.monotonic() < deadline:
-        time.sleep(poll)
-    return held
+        holder = path.read_text().strip()
+        if holder.isdigit() and int(holder) in processes:
+            running.append(path.parent)
+    return running

@@ -7,7 +7,7 @@ evaluation, if one was due) raises `RunInterrupted(at_boundary=True)`, so the mo
 LR schedule, step counter and RNG states all describe the same optimizer step and the checkpoint
 callback can save them (`callbacks.checkpointing`). A second signal stops at once, without a
 checkpoint; the same signal again within `REPEAT_SECONDS` is the same request (a terminal's Ctrl+C
-reaches a parallel sweep's workers directly and again through the sweep: `SweepStop`). The run then
+reaches a parallel sweep's workers directly and again through the sweep: `lifecycle.sweep_stop`). The run then
 ends KILLED in MLflow with the signal as its reason (`tracking.TrackedRun`), and the process exits
 with 128 + the signal number. Once the run starts closing, signals are held (`hold_signals`): the
 closing finishes, then the job reports them.
@@ -25,17 +25,12 @@ resumes (resume=auto) into the same MLflow run.
 import contextlib
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
-import psutil
 import submitit
-
-from bnrepro.lifecycle.claim import wait_for_claims
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +59,7 @@ class _SignalState:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.received_at = 0.0  # time.monotonic() of the first signal received
+        self.received_at = 0.0  # time.monotonic() of the last signal taken as a request
         self.deferred = False
         self.holding = False
         self.held: int | None = None
@@ -80,8 +75,9 @@ class _SignalState:
         again = self.received is not None
         if again and signum == self.received and time.monotonic() - self.received_at < REPEAT_SECONDS:
             return  # the same request, delivered twice (directly and forwarded)
+        self.received_at = time.monotonic()
         if not again:
-            self.received, self.received_at = signum, time.monotonic()
+            self.received = signum
         if not self.deferred or again:  # a second Ctrl+C stops at once, without a checkpoint
             raise RunInterrupted(signum)
         log.warning(
@@ -133,55 +129,6 @@ def hand_preemption_to_scheduler(signum: int) -> None:
     (the default action would kill the process), so it returns and the job exits as usual."""
     if signum == PREEMPTION_SIGNAL and callable(signal.getsignal(signum)):
         signal.raise_signal(signum)
-
-
-class SweepStop:
-    """The sweep process's SIGINT / SIGTERM handler between and around its jobs (`install`).
-
-    With hydra/launcher=parallel the jobs run in joblib's worker processes, and joblib answers an
-    exception in the sweep process by SIGKILLing them (joblib 1.6, `LokyBackend.abort_everything`):
-    their runs would stay RUNNING. So the signal is passed on to every child process first (a
-    terminal's Ctrl+C reaches them already; `REPEAT_SECONDS` makes that one request), each running
-    job stops at its next step boundary and closes its run KILLED, and the sweep waits until every
-    job has given up its claim (`lifecycle.claim`: its run is closed) before it stops, with one line.
-    A second signal is passed on too (the jobs stop at once; their closing still completes).
-    The serial launcher runs each job in this process under its own handlers (`interruptible`),
-    so there this only stops the sweep between jobs.
-    """
-
-    WAIT_SECONDS = 360.0  # a job's closing retries against a locked store take ~2-5 min at worst
-
-    def __init__(self, sweep_dir: str | Path) -> None:
-        self.sweep_dir, self.stopping, self.previous = Path(sweep_dir), False, {}
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous = {}
-
-    def handle(self, signum: int, frame) -> None:
-        for child in psutil.Process().children():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.send_signal(signum)
-        if self.stopping:  # the first call is still waiting for the jobs
-            return
-        self.stopping = True
-        name = signal.Signals(signum).name
-        log.warning("received %s: waiting for the running jobs to close their runs", name)
-        still_running = wait_for_claims(self.sweep_dir, self.WAIT_SECONDS)
-        if still_running:
-            log.error("jobs still running after %.0f s: %s", self.WAIT_SECONDS, ", ".join(map(str, still_running)))
-        print(
-            f"bnrepro: sweep stopped by {name}; the jobs that were running are recorded KILLED: "
-            "re-run the same command to continue it",
-            file=sys.stderr,
-        )
-        raise SystemExit(128 + signum)
 
 
 def validation_follows(trainer: L.Trainer, batch_idx: int) -> bool:

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import signal
 import sys
 import time
 import uuid
@@ -21,9 +21,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnrepro.lifecycle.interruption import SweepStop
+from bnrepro.lifecycle.sweep_stop import SweepStop, clear_invocation, ignore_stop_signals, invocation_dir
 from bnrepro.messages import cause, duration, first_line
-from bnrepro.tracking.job import git_state, with_context_tags
+from bnrepro.tracking.job import git_state, run_name, with_context_tags
 from bnrepro.tracking.liveness import Heartbeat, liveness_tags, mark_lost_runs
 from bnrepro.tracking.store import client_for, experiment_id, open_store, search_runs
 from bnrepro.tracking.tags import (
@@ -87,11 +87,11 @@ class JobFailed:
 
 
 class FailedJobs:
-    """This invocation's failed jobs, a file each under the sweep directory: the parallel and submitit
-    launchers call `on_job_end` in the job's own process, so the sweep's process reads them back at its end."""
+    """This invocation's failed jobs, a file each in its folder of sweep state (`invocation_dir`): the parallel
+    and submitit launchers call `on_job_end` in the job's own process, so the sweep's process reads them back."""
 
     def __init__(self, sweep_dir: str | Path, invocation: str) -> None:
-        self.folder = Path(sweep_dir) / ".bnrepro-failed" / invocation
+        self.folder = invocation_dir(sweep_dir, invocation) / "failed"
 
     def add(self, number: int, failure: JobFailed) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -101,11 +101,6 @@ class FailedJobs:
         files = sorted(self.folder.glob("*.json"), key=lambda path: int(path.stem))
         return [JobFailed(**json.loads(path.read_text())) for path in files]
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.folder.parent.rmdir()  # (kept while a concurrent invocation of the same sweep uses it)
-
 
 def failed_jobs_line(failures: list[JobFailed], jobs: int | None) -> str:
     """'2 of 4 jobs failed: seed=-1 (ConfigError: ...); seed=3 (RuntimeError: ...)'."""
@@ -113,21 +108,21 @@ def failed_jobs_line(failures: list[JobFailed], jobs: int | None) -> str:
     return f"{len(failures)}{f' of {jobs}' if jobs else ''} jobs failed: {listed}"
 
 
-def job_failure(job_return: Any) -> JobFailed | None:
+def job_failure(job_return: Any, varying: tuple[str, ...] = ()) -> JobFailed | None:
     """The job's failure: what `bnrepro.run.main` returned, or an error that escaped it (Hydra then
-    re-raises it once the batch of jobs has run); None for a job that succeeded."""
+    re-raises it once the batch of jobs has run), named like its run; None for a job that succeeded."""
     from hydra.core.utils import JobStatus
 
-    name = " ".join(job_return.overrides or [])
     if job_return.status == JobStatus.FAILED:
-        return JobFailed(name, _failure(job_return), 1)
+        overrides = list(job_return.overrides or [])
+        return JobFailed(run_name(overrides, list(varying)) or " ".join(overrides), _failure(job_return), 1)
     return job_return.return_value if isinstance(job_return.return_value, JobFailed) else None
 
 
-def job_outcome(job_return: Any) -> str:
+def job_outcome(job_return: Any, varying: tuple[str, ...] = ()) -> str:
     """How a job ended, from what `bnrepro.run.main` returned: its final metrics, the diverged step, its
     failure, or nothing for a job skipped because an identical run already finished."""
-    failure = job_failure(job_return)
+    failure = job_failure(job_return, varying)
     if failure is not None:
         return f"failed: {failure.reason}"
     result = job_return.return_value or {}
@@ -153,36 +148,36 @@ class SweepTracking(Callback):
 
     A job that fails (`JobFailed`) fails alone: the other jobs run, then the parent ends FAILED naming
     the failed jobs and the sweep exits 2 (every failure an input the user can fix) or 1. A signal stops
-    the whole sweep (`SweepStop`): the parent ends KILLED.
+    the whole sweep (`lifecycle.sweep_stop`): the parent ends KILLED.
     """
 
     _heartbeat: "Heartbeat | None" = None
-    _abandon: Any = None  # atexit hook that closes the parent if the sweep stops before its end
     _stop: "SweepStop | None" = None  # SIGINT/SIGTERM: the running jobs close their runs, then the sweep stops
+    _workers: "contextlib.ExitStack | None" = None  # joblib's worker settings for this sweep
     _plan: SweepPlan = SweepPlan(None)
     _started_at = 0.0  # unix seconds (the joblib launcher calls on_job_end in its worker processes)
     _failed: "FailedJobs | None" = None
+    _config: Any = None  # the sweep's config, for closing its parent at exit
+    _parent: str | None = None  # the parent run's id
 
     def __getstate__(self) -> dict:
-        # The joblib launcher pickles Hydra's callbacks into its workers; the heartbeat thread stays here.
-        return {**self.__dict__, "_heartbeat": None, "_abandon": None, "_stop": None}
+        # The joblib launcher pickles Hydra's callbacks into its workers; threads and handlers stay here.
+        return {**self.__dict__, "_heartbeat": None, "_stop": None, "_workers": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._plan, self._started_at = plan_sweep(config), time.time()
+        self._plan, self._started_at, self._config = plan_sweep(config), time.time(), config
         os.environ[SWEEP_VARYING_ENV] = ",".join(self._plan.varying)  # the jobs' run names (JobInfo.from_hydra)
         os.environ[SWEEP_INVOCATION_ENV] = uuid.uuid4().hex
         self._failed = FailedJobs(config.hydra.sweep.dir, os.environ[SWEEP_INVOCATION_ENV])
         self._stop = SweepStop(config.hydra.sweep.dir)
         self._stop.install()
-        parent = None
+        if str(config.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+            self._workers = contextlib.ExitStack()
+            self._workers.enter_context(parallel_workers())
+        # A stopped sweep (a signal, a job's SystemExit, an error Hydra re-raises) skips on_multirun_end.
+        atexit.register(self._close_at_exit)
         if config.logger.kind != "none":
-            parent = self._open_parent(config)
-        # A stopped sweep (a signal, a job's SystemExit, an error Hydra re-raises) skips on_multirun_end:
-        # close the parent, and forget this invocation's failures, on exit.
-        self._abandon = functools.partial(
-            _close_abandoned_sweep, self._failed, tracking_uri(config.logger.tracking_uri), parent
-        )
-        atexit.register(self._abandon)
+            self._parent = self._open_parent(config)
 
     def _open_parent(self, config: DictConfig) -> str:
         client = open_store(tracking_uri(config.logger.tracking_uri))
@@ -192,8 +187,8 @@ class SweepTracking(Callback):
         tags.update(liveness_tags(config.logger.heartbeat_seconds, config.logger.stale_after_seconds))
         experiment = experiment_id(client, config.logger.experiment_name)
         run = client.create_run(experiment, run_name=name, tags=with_context_tags(tags))
+        self._parent = os.environ[SWEEP_RUN_ENV] = run.info.run_id
         client.log_text(run.info.run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep_overrides.txt")
-        os.environ[SWEEP_RUN_ENV] = run.info.run_id
         self._heartbeat = Heartbeat(client, run.info.run_id, config.logger.heartbeat_seconds)
         log.info("sweep %s: parent MLflow run %s", name, run.info.run_id)
         return run.info.run_id
@@ -204,31 +199,28 @@ class SweepTracking(Callback):
         if job_return.hydra_cfg.hydra.mode != RunMode.MULTIRUN:
             return
         number = int(job_return.hydra_cfg.hydra.job.num)
-        failure = job_failure(job_return)
+        failure = job_failure(job_return, self._plan.varying)
         if failure is not None and self._failed is not None:
             self._failed.add(number, failure)
+        outcome = job_outcome(job_return, self._plan.varying)
         # "done" in launch order (exact for the serial launcher)
-        line = progress_line(number + 1, self._plan.jobs, job_outcome(job_return), time.time() - self._started_at)
+        line = progress_line(number + 1, self._plan.jobs, outcome, time.time() - self._started_at)
         print(f"sweep {sweep_name(config, self._plan)}: {line}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._stop_heartbeat()
-        os.environ.pop(SWEEP_VARYING_ENV, None)
-        os.environ.pop(SWEEP_INVOCATION_ENV, None)
-        parent = os.environ.pop(SWEEP_RUN_ENV, None)
-        failures = self._failed.read() if self._failed is not None else []
-        if self._failed is not None:
-            self._failed.remove()
+        failures = self._finish()
         name = sweep_name(config, self._plan)
-        if parent:
+        if self._parent:
             client = client_for(tracking_uri(config.logger.tracking_uri))
-            summary = sweep_summary(client, parent, len(failures))
-            client.set_tag(parent, SUMMARY_TAG, summary)
+            summary = sweep_summary(client, self._parent, len(failures))
+            client.set_tag(self._parent, SUMMARY_TAG, summary)
             if failures:
-                client.set_tag(parent, FAILURE_TAG, failed_jobs_line(failures, self._plan.jobs)[:MAX_PARAM_LENGTH])
-            client.set_terminated(parent, status="FAILED" if failures else "FINISHED")
+                client.set_tag(
+                    self._parent, FAILURE_TAG, failed_jobs_line(failures, self._plan.jobs)[:MAX_PARAM_LENGTH]
+                )
+            client.set_terminated(self._parent, status="FAILED" if failures else "FINISHED")
             print(f"sweep {name}: {summary}", flush=True)
-            print(f"sweep {name} in the MLflow UI (make ui): {sweep_link(parent, config.logger.tracking_uri)}")
+            print(f"sweep {name} in the MLflow UI (make ui): {sweep_link(self._parent, config.logger.tracking_uri)}")
         if failures:
             print(
                 f"bnrepro: error: sweep {name}: {failed_jobs_line(failures, self._plan.jobs)}. Fix them and re-run "
@@ -237,17 +229,64 @@ class SweepTracking(Callback):
             )
             raise SystemExit(2 if all(failure.exit_code == 2 for failure in failures) else 1)
 
-    def _stop_heartbeat(self) -> None:
-        """The parent run is being closed here: no more heartbeats, no closing at exit."""
+    def _finish(self) -> list[JobFailed]:
+        """The sweep is ending here: no more heartbeats or handlers, its state folder read and removed."""
+        atexit.unregister(self._close_at_exit)
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
-        if self._abandon is not None:
-            atexit.unregister(self._abandon)
-            self._abandon = None
         if self._stop is not None:
             self._stop.uninstall()
-            self._stop = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        failures = self._failed.read() if self._failed is not None else []
+        clear_invocation(self._config.hydra.sweep.dir)
+        for key in (SWEEP_VARYING_ENV, SWEEP_INVOCATION_ENV, SWEEP_RUN_ENV):
+            os.environ.pop(key, None)
+        return failures
+
+    def _close_at_exit(self) -> None:
+        """At interpreter exit, the sweep stopped before its end. Its parent, if still RUNNING, ends KILLED when
+        a signal stopped the sweep or a job exited, naming any job that failed before; FAILED when a job's error
+        escaped it (Hydra re-raises it once the batch of jobs has run)."""
+        stop, self._stop = self._stop, None  # its handlers stay: the process is exiting (see fast_exit)
+        stopped_by = stop.stopped_by if stop is not None else None
+        failures, parent = self._finish(), self._parent
+        if parent is None:
+            return
+        try:
+            client = client_for(tracking_uri(self._config.logger.tracking_uri))
+            if client.get_run(parent).info.status != "RUNNING":
+                return
+            stopped = "sweep stopped before all its jobs ran"
+            if stopped_by is not None:
+                stopped = f"sweep stopped by {signal.Signals(stopped_by).name} before all its jobs ran"
+            failed = failed_jobs_line(failures, self._plan.jobs) if failures else ""
+            status = "FAILED" if failures and stopped_by is None else "KILLED"
+            reason = failed if status == "FAILED" else "; ".join(filter(None, [stopped, failed]))
+            client.set_tag(parent, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
+            client.set_terminated(parent, status=status)
+        except Exception as error:  # the interpreter is exiting; the heartbeat check will catch it later
+            log.warning("could not close sweep run %s: %s", parent, first_line(error))
+
+
+@contextlib.contextmanager
+def parallel_workers():
+    """joblib's loky workers for this sweep: each ignores SIGINT/SIGTERM outside its jobs (`lifecycle.sweep_stop`).
+
+    hydra-joblib-launcher 1.2.0 hard-codes `backend="loky"` when it calls joblib, so joblib's `parallel_config`
+    cannot reach its workers' initializer; joblib's public `register_parallel_backend` can, by naming a factory
+    "loky" for the sweep's duration. It wraps the factory joblib 1.6 registers under that name
+    (`joblib.parallel.BACKENDS`), passing the initializer on to loky's executor. This is the one place."""
+    from joblib import parallel, register_parallel_backend
+
+    loky = parallel.BACKENDS["loky"]
+    register_parallel_backend("loky", functools.partial(loky, initializer=ignore_stop_signals))
+    try:
+        yield
+    finally:
+        register_parallel_backend("loky", loky)
 
 
 def _failure(job_return: Any) -> str:
@@ -257,28 +296,6 @@ def _failure(job_return: Any) -> str:
     except BaseException as error:  # a job may fail with SystemExit or KeyboardInterrupt too
         return cause(error)
     return "see its run"
-
-
-def _close_abandoned_sweep(failed: FailedJobs, uri: str, run_id: str | None) -> None:
-    """At interpreter exit: the sweep stopped before its end. Its parent, if still RUNNING, ends FAILED
-    naming the jobs that failed (Hydra re-raises an error that escaped a job once its batch has run),
-    else KILLED: it was stopped (a signal, or a job that exited)."""
-    failures = failed.read()
-    failed.remove()
-    if run_id is None:
-        return
-    try:
-        client = client_for(uri)
-        if client.get_run(run_id).info.status != "RUNNING":
-            return
-        if failures:
-            client.set_tag(run_id, FAILURE_TAG, failed_jobs_line(failures, None)[:MAX_PARAM_LENGTH])
-            client.set_terminated(run_id, status="FAILED")
-        else:
-            client.set_tag(run_id, FAILURE_TAG, "sweep stopped before all its jobs ran")
-            client.set_terminated(run_id, status="KILLED")
-    except Exception as error:  # the interpreter is exiting; the heartbeat check will catch it later
-        log.warning("could not close sweep run %s: %s", run_id, first_line(error))
 
 
 def sweep_name(config: DictConfig, plan: SweepPlan) -> str:
