@@ -22,6 +22,7 @@ from conftest import QUICK, ROOT
 from helpers import StoreLock
 from mlflow.tracking import MlflowClient
 
+from bnrepro.lifecycle.claim import CLAIM_FILE
 from bnrepro.tracking.tags import FAILURE_TAG, ROLE_TAG
 
 ENDLESS = ("trainer.max_steps=1000000", "callbacks.checkpoint.every_n_steps=20", *QUICK)
@@ -130,6 +131,17 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendToAJob:
+    """`signum` to one process running a job of the sweep (the holder its claim file names)."""
+
+    signum: int
+
+    def inject(self, run: TrainProcess, case: "Case") -> None:
+        holders = [path.read_text().strip() for path in run.folder.glob(f"sweep/*/{CLAIM_FILE}")]
+        os.kill(int(next(holder for holder in holders if holder)), self.signum)
+
+
+@dataclass(frozen=True)
 class LockStore:
     """Another writer holds the SQLite store's exclusive lock for `seconds`."""
 
@@ -156,7 +168,7 @@ class FillDisk:
 @dataclass(frozen=True)
 class Step:
     at: Line | Files
-    do: Send | LockStore | FillDisk
+    do: Send | SendToAJob | LockStore | FillDisk
 
 
 @dataclass(frozen=True)

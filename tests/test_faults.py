@@ -20,6 +20,7 @@ from faults import (
     Line,
     LockStore,
     Send,
+    SendToAJob,
     Step,
     run_case,
     runs_by_role,
@@ -80,7 +81,12 @@ FAULTS = [
     Fault(
         "SIGTERM to a sweep", ("-m", "seed=0,1", *ENDLESS), (Step(Files("sweep/*/checkpoints/last.ckpt"),
         Send((SIGTERM,))),), 143, {"job": ["KILLED"], "sweep": ["KILLED"]},
-        {"job": "SIGTERM at step", "sweep": "sweep stopped before all its jobs ran"},
+        {"job": "SIGTERM at step", "sweep": "sweep stopped by SIGTERM before all its jobs ran"},
+    ),
+    Fault(
+        "SIGTERM to a sweep after a failed job", ("-m", "seed=-1,0", *ENDLESS), (Step(Files(
+        "sweep/*/checkpoints/last.ckpt"), Send((SIGTERM,))),), 143, {"job": ["KILLED"], "sweep": ["KILLED"]},
+        {"sweep": "sweep stopped by SIGTERM before all its jobs ran; 1 of 2 jobs failed: seed=-1 (ConfigError"},
     ),
     Fault(
         "SIGTERM to a parallel sweep", PARALLEL, (Step(BOTH_RUNNING, Send((SIGTERM,))),), 143,
@@ -96,6 +102,11 @@ FAULTS = [
         "Ctrl+C to a parallel sweep", PARALLEL, (Step(BOTH_RUNNING, Send((SIGINT,), group=True)),), 130,
         {"job": ["KILLED", "KILLED"], "sweep": ["KILLED"]}, {"job": "SIGINT at step"},
         "bnrepro: sweep stopped by SIGINT;",
+    ),
+    Fault(
+        "SIGTERM to one job of a parallel sweep", PARALLEL, (Step(BOTH_RUNNING, SendToAJob(SIGTERM)),), 143,
+        {"job": ["KILLED", "KILLED"], "sweep": ["KILLED"]}, {"job": "SIGTERM at step"},
+        "bnrepro: sweep stopped by SIGTERM;",
     ),
     Fault(
         "Ctrl+C to a parallel sweep with an idle worker", IDLE_WORKER,

@@ -7,6 +7,7 @@ directly with a composed config, as the tests do.
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -43,6 +44,7 @@ from bnrepro.lifecycle.distributed import (
 )
 from bnrepro.lifecycle.identity import JobIdentity, job_identity
 from bnrepro.lifecycle.interruption import (
+    PREEMPTION_SIGNAL,
     GracefulStop,
     RunInterrupted,
     hand_preemption_to_scheduler,
@@ -51,7 +53,7 @@ from bnrepro.lifecycle.interruption import (
 )
 from bnrepro.lifecycle.preflight import OutputDirectoryError, check_writable
 from bnrepro.lifecycle.resume import ResumeError, StartPlan, plan_start
-from bnrepro.lifecycle.sweep_stop import requested_stop
+from bnrepro.lifecycle.sweep_stop import mark_stopped, requested_stop
 from bnrepro.messages import cause, first_line
 from bnrepro.module import Classifier
 from bnrepro.nn.batchnorm import batchnorm_classes
@@ -112,11 +114,22 @@ def main(cfg: DictConfig) -> dict[str, float] | JobFailed:
         )
         if global_rank() == 0:  # every rank stops at the same step; one says so
             print(f"bnrepro: {stop}{hint}", file=sys.stderr)
+        if job.sweep_id and stop.signum != PREEMPTION_SIGNAL:  # (a pre-empted job is requeued and resumes)
+            stop_the_sweep(job, stop.signum)
         hand_preemption_to_scheduler(stop.signum)  # under submitit: requeued, resumes into the same run
         raise SystemExit(stop.exit_code) from None
     if late is not None:
         report_signal_after_finish(late, job)
     return result
+
+
+def stop_the_sweep(job: JobInfo, signum: int) -> None:
+    """A job of a sweep was stopped by a signal: the sweep stops too (its queued jobs do not start). A job in a
+    parallel sweep's worker passes the signal to the sweep's process, so that it stops its other running jobs
+    cleanly (`lifecycle.sweep_stop`) before joblib ends the workers."""
+    mark_stopped(job.sweep_id, signum)
+    if job.parallel_jobs > 1:  # joblib runs the jobs in worker processes, children of the sweep's process
+        os.kill(os.getppid(), signum)
 
 
 def report_signal_after_finish(signum: int, job: JobInfo) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,21 +39,28 @@ def job_claim(output_dir: str | None) -> Iterator[None]:
         except BlockingIOError:
             log.warning("another process is running the job in %s: waiting for it to finish", output_dir)
             fcntl.flock(claim, fcntl.LOCK_EX)
-        _write_holder(claim, str(os.getpid()))
         try:
+            _write_holder(claim, str(os.getpid()))
             yield
         finally:
             _write_holder(claim, "")  # then closing the file releases the lock
 
 
 def _write_holder(claim, text: str) -> None:
-    claim.truncate(0)
-    claim.write(text)
-    claim.flush()
+    """Name the claim's holder ("" when letting go); a stop signal waits until the file says it whole."""
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        claim.truncate(0)
+        claim.write(text)
+        claim.flush()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
 
 
 def running_jobs(folder: str | Path, processes: set[int]) -> list[Path]:
-    """The job directories under `folder` whose claim one of `processes` holds now."""
+    """The job directories under `folder` whose claim one of `processes` holds now (a holder killed outright
+    leaves its pid behind, but is no longer one of the live `processes`)."""
     running = []
     for path in sorted(Path(folder).rglob(CLAIM_FILE)):
         holder = path.read_text().strip()

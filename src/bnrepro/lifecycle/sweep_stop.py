@@ -34,6 +34,7 @@ from pathlib import Path
 
 import psutil
 
+from bnrepro.atomic_write import write_atomically
 from bnrepro.lifecycle.claim import running_jobs
 from bnrepro.tracking.tags import SWEEP_INVOCATION_ENV
 
@@ -55,6 +56,13 @@ def clear_invocation(sweep_dir: str | Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         folder.parent.rmdir()
+
+
+def mark_stopped(sweep_dir: str | Path, signum: int) -> None:
+    """Record that a signal stopped this invocation of the sweep (by its process, or by a job that was stopped)."""
+    if SWEEP_INVOCATION_ENV in os.environ:
+        marker = invocation_dir(sweep_dir) / STOPPING_FILE
+        write_atomically(marker, lambda file: file.write(str(int(signum)).encode()))
 
 
 def requested_stop(sweep_dir: str | None) -> int | None:
@@ -106,9 +114,7 @@ class SweepStop:
         first = self.stopped_by is None
         if first:
             self.stopped_by = signum
-            marker = invocation_dir(self.sweep_dir) / STOPPING_FILE
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(signum))
+            mark_stopped(self.sweep_dir, signum)
         pass_on(signum)
         if not first:  # the first call is still waiting for the jobs
             return

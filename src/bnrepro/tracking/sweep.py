@@ -21,7 +21,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnrepro.lifecycle.sweep_stop import SweepStop, clear_invocation, ignore_stop_signals, invocation_dir
+from bnrepro.atomic_write import write_atomically
+from bnrepro.lifecycle.sweep_stop import (
+    SweepStop,
+    clear_invocation,
+    ignore_stop_signals,
+    invocation_dir,
+    requested_stop,
+)
 from bnrepro.messages import cause, duration, first_line
 from bnrepro.tracking.job import git_state, run_name, with_context_tags
 from bnrepro.tracking.liveness import Heartbeat, liveness_tags, mark_lost_runs
@@ -94,8 +101,7 @@ class FailedJobs:
         self.folder = invocation_dir(sweep_dir, invocation) / "failed"
 
     def add(self, number: int, failure: JobFailed) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{number}.json").write_text(json.dumps(asdict(failure)))
+        write_atomically(self.folder / f"{number}.json", lambda file: file.write(json.dumps(asdict(failure)).encode()))
 
     def read(self) -> list[JobFailed]:
         files = sorted(self.folder.glob("*.json"), key=lambda path: int(path.stem))
@@ -208,9 +214,10 @@ class SweepTracking(Callback):
         print(f"sweep {sweep_name(config, self._plan)}: {line}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failures = self._finish()
+        failures = self._failed.read() if self._failed is not None else []
         name = sweep_name(config, self._plan)
-        if self._parent:
+        if self._parent:  # (should closing it fail, the exit hook tries again)
+            self._stop_heartbeat()
             client = client_for(tracking_uri(config.logger.tracking_uri))
             summary = sweep_summary(client, self._parent, len(failures))
             client.set_tag(self._parent, SUMMARY_TAG, summary)
@@ -221,6 +228,7 @@ class SweepTracking(Callback):
             client.set_terminated(self._parent, status="FAILED" if failures else "FINISHED")
             print(f"sweep {name}: {summary}", flush=True)
             print(f"sweep {name} in the MLflow UI (make ui): {sweep_link(self._parent, config.logger.tracking_uri)}")
+        self._finish()
         if failures:
             print(
                 f"bnrepro: error: sweep {name}: {failed_jobs_line(failures, self._plan.jobs)}. Fix them and re-run "
@@ -229,46 +237,54 @@ class SweepTracking(Callback):
             )
             raise SystemExit(2 if all(failure.exit_code == 2 for failure in failures) else 1)
 
-    def _finish(self) -> list[JobFailed]:
-        """The sweep is ending here: no more heartbeats or handlers, its state folder read and removed."""
-        atexit.unregister(self._close_at_exit)
+    def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+
+    def _finish(self) -> None:
+        """The sweep has ended: no exit hook, heartbeats or handlers any more, its state folder removed."""
+        atexit.unregister(self._close_at_exit)
+        self._stop_heartbeat()
         if self._stop is not None:
             self._stop.uninstall()
+            self._stop = None
         if self._workers is not None:
             self._workers.close()
             self._workers = None
-        failures = self._failed.read() if self._failed is not None else []
         clear_invocation(self._config.hydra.sweep.dir)
         for key in (SWEEP_VARYING_ENV, SWEEP_INVOCATION_ENV, SWEEP_RUN_ENV):
             os.environ.pop(key, None)
-        return failures
 
     def _close_at_exit(self) -> None:
         """At interpreter exit, the sweep stopped before its end. Its parent, if still RUNNING, ends KILLED when
-        a signal stopped the sweep or a job exited, naming any job that failed before; FAILED when a job's error
-        escaped it (Hydra re-raises it once the batch of jobs has run)."""
+        a signal stopped the sweep (its process's or a job's) or a job exited, naming any job that failed before;
+        FAILED when a job's error escaped it (Hydra re-raises it once the batch of jobs has run)."""
         stop, self._stop = self._stop, None  # its handlers stay: the process is exiting (see fast_exit)
-        stopped_by = stop.stopped_by if stop is not None else None
-        failures, parent = self._finish(), self._parent
-        if parent is None:
-            return
         try:
-            client = client_for(tracking_uri(self._config.logger.tracking_uri))
-            if client.get_run(parent).info.status != "RUNNING":
-                return
-            stopped = "sweep stopped before all its jobs ran"
-            if stopped_by is not None:
-                stopped = f"sweep stopped by {signal.Signals(stopped_by).name} before all its jobs ran"
-            failed = failed_jobs_line(failures, self._plan.jobs) if failures else ""
-            status = "FAILED" if failures and stopped_by is None else "KILLED"
-            reason = failed if status == "FAILED" else "; ".join(filter(None, [stopped, failed]))
-            client.set_tag(parent, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
-            client.set_terminated(parent, status=status)
+            stopped_by = stop.stopped_by if stop is not None else None
+            stopped_by = stopped_by or requested_stop(str(self._config.hydra.sweep.dir))
+            failures = self._failed.read() if self._failed is not None else []
+            if self._parent is not None:
+                self._close_stopped_parent(stopped_by, failures)
         except Exception as error:  # the interpreter is exiting; the heartbeat check will catch it later
-            log.warning("could not close sweep run %s: %s", parent, first_line(error))
+            log.warning("could not close sweep run %s: %s", self._parent, first_line(error))
+        finally:
+            self._finish()
+
+    def _close_stopped_parent(self, stopped_by: int | None, failures: list[JobFailed]) -> None:
+        client = client_for(tracking_uri(self._config.logger.tracking_uri))
+        if client.get_run(self._parent).info.status != "RUNNING":
+            return
+        stopped = "sweep stopped before all its jobs ran"
+        if stopped_by is not None:
+            stopped = f"sweep stopped by {signal.Signals(stopped_by).name} before all its jobs ran"
+        failed = failed_jobs_line(failures, self._plan.jobs) if failures else ""
+        status = "FAILED" if failures and stopped_by is None else "KILLED"
+        reason = failed if status == "FAILED" else "; ".join(filter(None, [stopped, failed]))
+        self._stop_heartbeat()
+        client.set_tag(self._parent, FAILURE_TAG, reason[:MAX_PARAM_LENGTH])
+        client.set_terminated(self._parent, status=status)
 
 
 @contextlib.contextmanager
