@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import QUICK, ROOT
-from helpers import StoreLock
+from helpers import StoreLock, fill
 from mlflow.tracking import MlflowClient
 
 from bnrepro.lifecycle.claim import CLAIM_FILE
@@ -158,10 +158,7 @@ class FillDisk:
     """Write a file on the store's (small) file system until it is full."""
 
     def inject(self, run: TrainProcess, case: "Case") -> None:
-        with contextlib.suppress(OSError), open(case.database.parent / "filler", "wb") as filler:
-            while True:
-                filler.write(b"\0" * 65536)
-                filler.flush()
+        fill(case.database.parent)
 
 
 # --- a case ----------------------------------------------------------------------------------------------

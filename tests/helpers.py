@@ -8,11 +8,14 @@ import re
 import signal
 import sqlite3
 import struct
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.loggers.logger import Logger
 
@@ -140,7 +143,19 @@ def quiet_trainer(max_steps: int, logger, callbacks: list, eval_every_batches: i
     )
 
 
-# --- fault injection -----------------------------------------------------------------------------
+# --- fault injection ---
+def wait_for(condition, process: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Poll `condition` until it holds; fail the test if `process` (train.py) exits or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"train.py exited early ({process.returncode}): {process.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("train.py did not reach the expected state in time")
+        time.sleep(0.2)
+
+
 class OnLogLine(logging.Handler):
     """Calls `action` once, when a log record's message first matches the regular expression `pattern`."""
 
@@ -171,6 +186,14 @@ def on_log_line(logger_name: str, pattern: str, action: Callable[[], None]) -> I
 def signal_on_log_line(logger_name: str, pattern: str, signum: int):
     """Sends `signum` to this process when `logger_name` logs a line matching `pattern`."""
     return on_log_line(logger_name, pattern, lambda: os.kill(os.getpid(), signum))
+
+
+def fill(folder: Path) -> None:
+    """Write a file in `folder` until its file system is full."""
+    with contextlib.suppress(OSError), open(folder / "filler", "wb") as filler:
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
 
 
 class StoreLock:

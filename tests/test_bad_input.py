@@ -5,7 +5,6 @@ Hydra reports composition errors itself (exit 1, its own few lines); everything 
 one line, ``bnrepro: error: ...``, exit 2.
 """
 
-import contextlib
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from bnrepro.callbacks import checkpointing
 from bnrepro.callbacks.checkpointing import LAST, checkpoint_dir, load_checkpoint
 from bnrepro.lifecycle.interruption import GracefulStop
 from bnrepro.tracking.run import TrackedRun
-from tests.helpers import write_mnist_raw
+from tests.helpers import fill, write_mnist_raw
 
 SHORT = ("trainer.max_steps=20", *QUICK)
 
@@ -284,14 +283,6 @@ def test_an_empty_checkpoint_file_is_a_checkpoint_error_naming_it(tmp_path):
 # --- a store on a broken file system (a real small tmpfs; needs the right to mount, else skipped) ---------
 def remount(folder: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
-
-
-def fill(folder: Path) -> None:
-    """Write a file until the file system is full."""
-    with contextlib.suppress(OSError), open(folder / "filler", "wb") as filler:
-        while True:
-            filler.write(b"\0" * 65536)
-            filler.flush()
 
 
 class FillDiskWhenTrainingStarts(GracefulStop):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cli_inprocess import cli
 from conftest import QUICK, ROOT, compose_config
-from helpers import LockStoreWhenTrainingEnds, StopAtStep, StoreLock, on_log_line, signal_on_log_line
+from helpers import LockStoreWhenTrainingEnds, StopAtStep, StoreLock, on_log_line, signal_on_log_line, wait_for
 from mlflow.tracking import MlflowClient
 
 from bnrepro import run as run_module
@@ -50,17 +50,6 @@ def start_training(tmp_path, *overrides: str, multirun: bool = False) -> subproc
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *ENDLESS, *overrides, *dirs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"train.py exited early ({process.returncode}): {process.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("train.py did not reach the expected state in time")
-        time.sleep(0.2)
 
 
 def test_sigterm_flushes_checkpoints_and_ends_the_run_killed_with_the_reason(store, tmp_path):

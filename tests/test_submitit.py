@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import QUICK, ROOT
+from helpers import wait_for
 from mlflow.tracking import MlflowClient
-from test_run_status import wait_for
 
 from bnrepro.callbacks.checkpointing import CHECKPOINT_DIR as CHECKPOINTS
 from bnrepro.callbacks.checkpointing import LAST
@@ -33,15 +34,11 @@ def job_runs(store: str) -> list:
     return [run for run in runs if run.data.tags[ROLE_TAG] == "job"]
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below `pid` (Linux /proc), nearest first."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [grand for child in map(int, children) for grand in (child, *descendants(child))]
-
-
 def submitit_task(pid: int) -> int:
     """The job process submitit's local controller started under the sweep process `pid`."""
-    (task,) = [p for p in descendants(pid) if b"submitit.core._submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    (task,) = [
+        p.pid for p in psutil.Process(pid).children(recursive=True) if "submitit.core._submit" in " ".join(p.cmdline())
+    ]
     return task
 
 

@@ -91,6 +91,7 @@ def main(cfg: DictConfig) -> dict[str, float] | JobFailed:
     sweep it fails only its job (`JobFailed`) and the sweep goes on. A signal stops either."""
     quiet_library_chatter()
     job = JobInfo.from_hydra()
+    name = job.name or "job"
     try:
         with interruptible():  # SIGINT/SIGTERM/SIGUSR2 -> RunInterrupted: the run ends KILLED, not stuck RUNNING
             result = train(cfg, job)
@@ -98,14 +99,14 @@ def main(cfg: DictConfig) -> dict[str, float] | JobFailed:
     except BAD_INPUT as error:
         print(f"bnrepro: error: {first_line(error)}", file=sys.stderr)
         if job.sweep_id:
-            return JobFailed(job.name or "job", cause(error), exit_code=2)
+            return JobFailed(name, cause(error), exit_code=2)
         raise SystemExit(2) from None
     except Exception as error:
         if not job.sweep_id:
             raise  # Hydra prints it, with its traceback
-        log.exception("%s failed", job.name or "job")  # the traceback, in the job's log file too
-        print(f"bnrepro: error: {job.name or 'job'} failed: {cause(error)}; the sweep goes on", file=sys.stderr)
-        return JobFailed(job.name or "job", cause(error), exit_code=1)
+        log.exception("%s failed", name)  # the traceback, in the job's log file too
+        print(f"bnrepro: error: {name} failed: {cause(error)}; the sweep goes on", file=sys.stderr)
+        return JobFailed(name, cause(error), exit_code=1)
     except RunInterrupted as stop:
         hint = (
             f"; continue it with the same command plus resume={stop.resume_with}"

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_STATE_DIR = ".bnrepro-sweep"  # under the sweep directory: a folder per invocation of the sweep
 STOPPING_FILE = "stopping"  # in it: the number of the signal that stopped the invocation
+SWEEP_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def invocation_dir(sweep_dir: str | Path, invocation: str | None = None) -> Path:
@@ -75,7 +76,7 @@ def requested_stop(sweep_dir: str | None) -> int | None:
 
 def ignore_stop_signals() -> None:
     """A worker process's initializer: a signal meant for the job it runs reaches it only during the job."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in SWEEP_STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -98,11 +99,11 @@ class SweepStop:
     WAIT_SECONDS = 360.0  # a job's closing retries against a locked store take ~2-5 min at worst
 
     def __init__(self, sweep_dir: str | Path) -> None:
-        self.sweep_dir, self.stopped_by, self.previous = Path(sweep_dir), None, {}
+        self.sweep_dir, self.stopping, self.previous = Path(sweep_dir), False, {}
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in SWEEP_STOP_SIGNALS:
                 self.previous[signum] = signal.signal(signum, self.handle)
 
     def uninstall(self) -> None:
@@ -111,9 +112,9 @@ class SweepStop:
         self.previous = {}
 
     def handle(self, signum: int, frame) -> None:
-        first = self.stopped_by is None
+        first = not self.stopping
         if first:
-            self.stopped_by = signum
+            self.stopping = True
             mark_stopped(self.sweep_dir, signum)
         pass_on(signum)
         if not first:  # the first call is still waiting for the jobs

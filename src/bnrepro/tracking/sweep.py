@@ -125,10 +125,9 @@ def job_failure(job_return: Any, varying: tuple[str, ...] = ()) -> JobFailed | N
     return job_return.return_value if isinstance(job_return.return_value, JobFailed) else None
 
 
-def job_outcome(job_return: Any, varying: tuple[str, ...] = ()) -> str:
-    """How a job ended, from what `bnrepro.run.main` returned: its final metrics, the diverged step, its
-    failure, or nothing for a job skipped because an identical run already finished."""
-    failure = job_failure(job_return, varying)
+def job_outcome(job_return: Any, failure: JobFailed | None) -> str:
+    """How a job ended: its failure (`job_failure`), else from what `bnrepro.run.main` returned: its final
+    metrics, the diverged step, or nothing for a job skipped because an identical run already finished."""
     if failure is not None:
         return f"failed: {failure.reason}"
     result = job_return.return_value or {}
@@ -208,9 +207,10 @@ class SweepTracking(Callback):
         failure = job_failure(job_return, self._plan.varying)
         if failure is not None and self._failed is not None:
             self._failed.add(number, failure)
-        outcome = job_outcome(job_return, self._plan.varying)
         # "done" in launch order (exact for the serial launcher)
-        line = progress_line(number + 1, self._plan.jobs, outcome, time.time() - self._started_at)
+        line = progress_line(
+            number + 1, self._plan.jobs, job_outcome(job_return, failure), time.time() - self._started_at
+        )
         print(f"sweep {sweep_name(config, self._plan)}: {line}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -260,10 +260,9 @@ class SweepTracking(Callback):
         """At interpreter exit, the sweep stopped before its end. Its parent, if still RUNNING, ends KILLED when
         a signal stopped the sweep (its process's or a job's) or a job exited, naming any job that failed before;
         FAILED when a job's error escaped it (Hydra re-raises it once the batch of jobs has run)."""
-        stop, self._stop = self._stop, None  # its handlers stay: the process is exiting (see fast_exit)
+        self._stop = None  # its handlers stay: the process is exiting (see fast_exit)
         try:
-            stopped_by = stop.stopped_by if stop is not None else None
-            stopped_by = stopped_by or requested_stop(str(self._config.hydra.sweep.dir))
+            stopped_by = requested_stop(str(self._config.hydra.sweep.dir))  # marked by SweepStop or a stopped job
             failures = self._failed.read() if self._failed is not None else []
             if self._parent is not None:
                 self._close_stopped_parent(stopped_by, failures)
